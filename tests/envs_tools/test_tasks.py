@@ -192,3 +192,78 @@ def test_search_qa_forks_share_the_retrieval_client_until_the_last_closes():
         branch.close()
         client = env._owned.retrievers[0]
         assert client._client.is_closed
+
+
+# --- SearchQA with a new world per episode ---------------------------------------------------
+
+
+def _episode_world_env(**kwargs):
+    return SearchQA(worlds="per_episode", topk=1, max_turns=4, **kwargs)
+
+
+def test_search_qa_per_episode_worlds_follow_the_seed():
+    env, twin = _episode_world_env(), _episode_world_env()
+    first, _ = env.reset(seed=7)
+    assert twin.reset(seed=7)[0] == first and twin.world.documents() == env.world.documents()
+    people = set()
+    for seed in range(20):
+        env.reset(seed=seed)
+        people.add(tuple(env.world.people))
+    assert len(people) == 20  # every seed a different world
+    check_env(env, skip_render_check=True)
+
+
+def test_search_qa_per_episode_oracle_solves_every_hop_count():
+    for call_format in ("xml", "hermes"):
+        env = _episode_world_env(call_format=call_format)
+        hops = set()
+        for seed in range(60):
+            reward, info = _play_oracle(env, seed=seed)
+            assert info["success"] and reward == 1.0, env.episode.task
+            hops.add(env.episode.task.data["hops"])
+        assert hops == {1, 2, 3}
+    only_two = _episode_world_env(min_hops=2, max_hops=2)
+    for seed in range(10):
+        only_two.reset(seed=seed)
+        assert only_two.episode.task.data["hops"] == 2
+
+
+def test_search_qa_per_episode_held_out_seeds_share_no_world_with_training():
+    env = _episode_world_env()
+
+    def answers_and_names(seeds):
+        answers, names = [], set()
+        for seed in seeds:
+            env.reset(seed=seed)
+            answers.append(env.episode.task.answer)
+            names.update(d.title for d in env.world.documents())
+        return answers, names
+
+    train_answers, train_names = answers_and_names(range(320))        # a demo's training seeds
+    test_answers, test_names = answers_and_names(range(10_000_000, 10_000_300))  # eval.seed_offset
+    # Names are random syllables, so two worlds share one only by chance: a held-out answer is
+    # almost never a name seen in training, and no answer is frequent enough to guess.
+    assert sum(a in train_names for a in test_answers) <= 0.05 * len(test_answers)
+    assert len(test_names & train_names) <= 0.05 * len(test_names)
+    assert max(test_answers.count(a) for a in set(test_answers)) <= 3
+
+
+def test_search_qa_per_episode_fork_keeps_the_episode_world():
+    env = _episode_world_env()
+    env.reset(seed=1)
+    world, task = env.world, env.episode.task
+    branch = env.fork()
+    env.reset(seed=2)  # the original moves on to another world
+    assert env.world is not world and branch.world is world and branch.episode.task is not None
+    while True:
+        obs, reward, terminated, truncated, info = branch.step(branch.oracle_action())
+        if terminated or truncated:
+            break
+    assert info["success"] and branch.episode.task.id == task.id
+
+
+def test_search_qa_per_episode_rejects_external_corpora():
+    with pytest.raises(ValueError, match="per_episode"):
+        SearchQA(worlds="per_episode", retriever_url="http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="worlds must be"):
+        SearchQA(worlds="many")

@@ -2,7 +2,12 @@
 
 By default the corpus and questions come from a generated world of invented entities (see
 `agentrl.envs.tasks.world`), so the agent must search: one search per hop, then
-`<answer>name</answer>`. With real data, point it at Search-R1 / FlashRAG files:
+`<answer>name</answer>`. With `worlds="per_episode"` every episode seed builds its own small
+world, so training and held-out seeds never share an entity and no answer can be memorised:
+
+    gymnasium.make("agentrl/SearchQA-v0", worlds="per_episode")
+
+With real data, point it at Search-R1 / FlashRAG files:
 
     gymnasium.make("agentrl/SearchQA-v0", corpus_path="wiki.jsonl", qa_path="nq_train.jsonl",
                    index_dir="runs/index/wiki")          # BM25 index built once, then mmap'ed
@@ -14,9 +19,12 @@ Reward modes: "em" (default), "f1", "arpo" (see `agentrl.envs.tasks.qa_reward`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
-from typing import Literal
+from typing import Callable, Literal
+
+import numpy as np
 
 from agentrl.envs.tasks.qa_reward import RewardMode, qa_reward
 from agentrl.envs.tasks.world import Question, World, WorldConfig, make_world
@@ -29,11 +37,18 @@ from agentrl.tools.python import PythonTool
 from agentrl.tools.search import SearchTool
 
 Split = Literal["train", "test", "all"]
+Worlds = Literal["fixed", "per_episode"]
 SYSTEM_PROMPT = "Answer the question. Look facts up with the tools, one call per turn.\n{tools}"
 TEST_FRACTION = 0.2
+#: Entity counts of the worlds: one large fixed world, or a small one per episode (21 passages;
+#: its size does not change the prompt length, only how many names a search can confuse).
+FIXED_WORLD = WorldConfig(seed=0, num_countries=4, num_cities=12, num_companies=8, num_people=30)
+EPISODE_WORLD = WorldConfig(seed=0, num_countries=3, num_cities=6, num_companies=4, num_people=8)
 
 
-@functools.lru_cache(maxsize=8)
+# Large enough for every group of a rollout batch in per-episode mode (a group's envs reset with
+# the same seed, possibly interleaved with other groups).
+@functools.lru_cache(maxsize=64)
 def world_index(config: WorldConfig) -> BM25Index:
     """The BM25 index of a world's passages (built once per process; milliseconds)."""
     return BM25Index.build(make_world(config).documents())
@@ -48,15 +63,17 @@ def split_questions(questions: list[Question], split: Split, seed: int) -> list[
     return [questions[i] for i in sorted(chosen)]
 
 
+def question_task(q: Question, id_prefix: str = "") -> Task:
+    """A question as a task, with an oracle plan: search each hop, then answer."""
+    plan = tuple(("search", {"query": name}) for name in q.chain) + (("answer", {"answer": q.answer}),)
+    return Task(prompt=f"Question: {q.question}", answer=q.answer, id=id_prefix + q.id,
+                data={"hops": q.hops, "template": q.template}, oracle=plan)
+
+
 def world_tasks(world: World, split: Split = "train", max_hops: int = 3, min_hops: int = 1) -> list[Task]:
-    """The world's questions as tasks, with an oracle plan: search each hop, then answer."""
-    tasks = []
-    for q in split_questions(world.questions(), split, world.config.seed):
-        if not min_hops <= q.hops <= max_hops:
-            continue
-        plan = tuple(("search", {"query": name}) for name in q.chain) + (("answer", {"answer": q.answer}),)
-        tasks.append(Task(prompt=f"Question: {q.question}", answer=q.answer, id=q.id,
-                          data={"hops": q.hops, "template": q.template}, oracle=plan))
+    """The world's questions (of one split) as tasks, with their oracle plans."""
+    tasks = [question_task(q) for q in split_questions(world.questions(), split, world.config.seed)
+             if min_hops <= q.hops <= max_hops]
     if not tasks:
         raise ValueError(f"no questions with {min_hops} to {max_hops} hops in split {split!r}")
     return tasks
@@ -75,8 +92,19 @@ class SearchQA(ToolEnv):
     """Multi-hop QA with a search tool.
 
     Args:
-        world_seed, num_countries, num_cities, num_companies, num_people: the generated world.
-        split: "train", "test" or "all" of the world's questions.
+        worlds: where the generated questions come from.
+            "fixed" (default): one world (`world_seed`), its questions split 80/20 into
+            "train" and "test" by `split`; reset picks a question of the split.
+            "per_episode": reset builds a new small world from the episode's seed (through
+            the reset RNG) and asks one of its questions: first a number of hops uniformly in
+            `min_hops..max_hops`, then a question with that many hops. The same seed always
+            gives the same world and question; different seeds give different worlds, so
+            held-out seeds (the recipe's `eval.seed_offset`) test the skill of searching and
+            copying names, not recall. `split` and `world_seed` do not apply. `self.world` is
+            the current episode's world; forks keep it.
+        world_seed, num_countries, num_cities, num_companies, num_people: the generated world
+            (the counts default to `FIXED_WORLD` or, per episode, to the smaller `EPISODE_WORLD`).
+        split: "train", "test" or "all" of the fixed world's questions.
         min_hops, max_hops: which questions (1 to 3 hops) to ask.
         reward: "em", "f1" or "arpo".
         topk: passages per search.
@@ -94,11 +122,12 @@ class SearchQA(ToolEnv):
 
     def __init__(
         self,
+        worlds: Worlds = "fixed",
         world_seed: int = 0,
-        num_countries: int = 4,
-        num_cities: int = 12,
-        num_companies: int = 8,
-        num_people: int = 30,
+        num_countries: int | None = None,
+        num_cities: int | None = None,
+        num_companies: int | None = None,
+        num_people: int | None = None,
         split: Split = "train",
         min_hops: int = 1,
         max_hops: int = 3,
@@ -117,7 +146,13 @@ class SearchQA(ToolEnv):
         call_timeout: float = 30.0,
         render_mode: str | None = None,
     ) -> None:
+        if worlds not in ("fixed", "per_episode"):
+            raise ValueError(f"worlds must be 'fixed' or 'per_episode', got {worlds!r}")
+        if worlds == "per_episode" and (qa_path is not None or retriever_url is not None):
+            raise ValueError("worlds='per_episode' generates its own corpus; it cannot be combined "
+                             "with qa_path or retriever_url")
         retriever: Retriever
+        tasks: list[Task] | Callable[[np.random.Generator], Task]
         # Retrievers this env opened (an HTTP client, a memory-mapped index), shared with its
         # forks and closed by the last of them; the cached world index is not among them.
         self._owned = _SharedRetrievers()
@@ -133,9 +168,20 @@ class SearchQA(ToolEnv):
             else:
                 raise ValueError("qa_path needs a corpus: pass corpus_path, index_dir or retriever_url")
         else:
-            config = WorldConfig(world_seed, num_countries, num_cities, num_companies, num_people)
+            base = EPISODE_WORLD if worlds == "per_episode" else FIXED_WORLD
+            counts = {name: value for name, value in (
+                ("num_countries", num_countries), ("num_cities", num_cities),
+                ("num_companies", num_companies), ("num_people", num_people)) if value is not None}
+            config = dataclasses.replace(base, seed=world_seed, **counts)
             self.world = make_world(config)
-            tasks = world_tasks(self.world, split, max_hops=max_hops, min_hops=min_hops)
+            if worlds == "per_episode":
+                if not 1 <= min_hops <= max_hops <= 3:
+                    raise ValueError(f"need 1 <= min_hops <= max_hops <= 3, got {min_hops} and {max_hops}")
+                self._episode_world = config
+                self._hops = (min_hops, max_hops)
+                tasks = self._episode_task
+            else:
+                tasks = world_tasks(self.world, split, max_hops=max_hops, min_hops=min_hops)
             retriever = RetrieverClient(retriever_url) if retriever_url else world_index(config)
         if qa_path is not None or retriever_url:
             self._owned.retrievers.append(retriever)
@@ -155,6 +201,21 @@ class SearchQA(ToolEnv):
         )
         if not template_tools:
             self.tool_specs = ()
+
+    def _episode_task(self, rng: np.random.Generator) -> Task:
+        """Per-episode worlds: build the world of this episode, point search at it, ask a question.
+
+        Called by `ToolEnv.reset` with the seeded RNG. The search tool is replaced, not
+        changed in place, because forks of earlier episodes share the old one.
+        """
+        world_seed = int(rng.integers(2**62))
+        config = dataclasses.replace(self._episode_world, seed=world_seed)
+        self.world = make_world(config)
+        search = self.tools["search"]
+        self.tools = {**self.tools, "search": SearchTool(world_index(config), topk=search.topk)}
+        hops = int(rng.integers(self._hops[0], self._hops[1] + 1))
+        questions = [q for q in self.world.questions() if q.hops == hops]
+        return question_task(questions[int(rng.integers(len(questions)))], id_prefix=f"w{world_seed}:")
 
     def fork(self) -> "SearchQA":
         twin = super().fork()

@@ -150,7 +150,7 @@ def _name(rng: random.Random, taken: set[str]) -> str:
             return name
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def make_world(config: WorldConfig = WorldConfig()) -> World:
     """The world of `config` (cached: the same config always gives the same world)."""
     if min(config.num_countries, config.num_cities, config.num_companies, config.num_people) < 1:
