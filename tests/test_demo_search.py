@@ -18,15 +18,24 @@ def test_recipe_file_has_the_demo_settings():
     assert recipe == demo
 
 
-def test_demo_evaluates_on_questions_never_trained_on():
+def test_demo_evaluates_on_worlds_never_trained_on():
     config = load_config(None, demo_overrides("search"))
-    train_env, eval_env = env_factory(config)(), env_factory(config, evaluation=True)()
+    assert config.eval.env_kwargs == {}  # the same env as training; only the seeds differ
+    env = env_factory(config)()
     try:
-        train_ids = {task.id for task in train_env.unwrapped.tasks}
-        eval_ids = {task.id for task in eval_env.unwrapped.tasks}
-        assert eval_ids and train_ids and not train_ids & eval_ids
+        def names(seeds):
+            out = set()
+            for seed in seeds:
+                env.reset(seed=seed)
+                out.update(d.title for d in env.unwrapped.world.documents())
+            return out
+
+        first = config.env.train_seed_offset
+        trained = names(range(first, first + config.train.iterations * config.rollout.tasks_per_iteration))
+        held_out = names(range(config.eval.seed_offset, config.eval.seed_offset + 100))
+        # Random names: worlds share one only by chance.
+        assert len(held_out & trained) < 0.05 * len(held_out)
         # No JSON tool specs for the chat template: the system prompt already lists the tools.
-        assert eval_env.unwrapped.tool_specs == () and "<search>" in eval_env.unwrapped.system_prompt
+        assert env.unwrapped.tool_specs == () and "<search>" in env.unwrapped.system_prompt
     finally:
-        train_env.close()
-        eval_env.close()
+        env.close()

@@ -10,7 +10,8 @@ the engine:
 
 - `system_prompt`: the system message (may be empty).
 - `tool_specs`: OpenAI function specs of the env's tools (shown to the model by chat templates
-  that support tools; empty for tool-free tasks).
+  that support tools; empty for tool-free tasks and for call formats the system prompt already
+  describes, such as XML tags).
 - `stop_strings`: strings that end a generation turn (e.g. a closing tool-call tag), so the env
   sees one action at a time.
 - `observation_role`: the chat role of observations ("user", or "tool" for tool results).

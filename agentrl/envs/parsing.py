@@ -8,6 +8,11 @@ Two formats are built in:
 - `HermesFormat`: `<tool_call>{"name": "search", "arguments": {"query": "..."}}</tool_call>`,
   the format of Qwen and Hermes chat templates, plus `<answer>...</answer>` for the final answer.
 
+A format's `template_tools` says whether the chat template should also get the tools' JSON
+specs: Hermes-style models are trained to read them there, while an XML tag format is fully
+described by its `instructions` in the system prompt (specs as well would describe every tool
+twice).
+
 Both tolerate what models really write: a last call left unterminated at end of sequence
 (generation stopped by EOS or the token limit), code fences around code or JSON, and
 `<think>...</think>` reasoning (ignored, so a tag mentioned while thinking is not a call).
@@ -26,7 +31,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import pydantic
 
@@ -79,7 +84,11 @@ class ParsedAction:
 
 
 class ToolCallFormat(Protocol):
-    """How tool calls are written, parsed, and how results are shown back."""
+    """How tool calls are written, parsed, and how results are shown back.
+
+    `template_tools` (optional, True when missing): hand the tools' JSON specs to the chat
+    template too.
+    """
 
     answer_tag: str
 
@@ -158,6 +167,7 @@ class XmlFormat:
     answer_tag: str = "answer"
     result_tag: str = "result"
     ignore_tags: tuple[str, ...] = ("think", "reasoning", "result", "information")
+    template_tools: ClassVar[bool] = False  # the tags are described by `instructions`
 
     def _tag_map(self, tools: Mapping[str, Tool]) -> dict[str, str]:
         return dict(self.tags) if self.tags is not None else {name: name for name in tools}
@@ -239,6 +249,7 @@ class HermesFormat:
     answer_tag: str = "answer"
     call_tag: str = "tool_call"
     response_tag: str = "tool_response"
+    template_tools: ClassVar[bool] = True  # Qwen/Hermes templates list the tools for the model
 
     def parse(self, text: str, tools: Mapping[str, Tool], max_calls: int = 8) -> ParsedAction:
         text = strip_think(text)

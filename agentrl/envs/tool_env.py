@@ -159,7 +159,10 @@ class ToolEnv(TextEnv):
         template = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
         self.system_prompt = template.replace("{tools}", self.format.instructions(self.tools))
         self.stop_strings = self.format.stop_strings(self.tools)
-        self.tool_specs = tuple(t.openai_spec() for t in self.tools.values())
+        # Only formats that need them (Hermes) give the specs to the chat template; XML tags
+        # are already described by the system prompt.
+        self.tool_specs = (tuple(t.openai_spec() for t in self.tools.values())
+                           if getattr(self.format, "template_tools", True) else ())
         self.tool_cache = ToolCache()
         self.episode: Episode | None = None
 

@@ -35,9 +35,16 @@ def test_every_tool_env_is_registered_and_passes_check_env(env_id):
     env = make_env(env_id)
     try:
         check_env(env, skip_render_check=True)
-        assert env.stop_strings[-1] == "</answer>" and env.tool_specs and env.observation_role == "user"
+        assert env.stop_strings[-1] == "</answer>" and env.observation_role == "user"
+        # XML tags are described in the system prompt only; Hermes calls also get JSON specs.
+        assert env.tool_specs == () and f"<{next(iter(env.tools))}>" in env.system_prompt
     finally:
         env.close()
+    hermes = make_env(env_id, call_format="hermes")
+    try:
+        assert [spec["function"]["name"] for spec in hermes.tool_specs] == list(hermes.tools)
+    finally:
+        hermes.close()
 
 
 def test_world_is_deterministic_and_names_are_invented():

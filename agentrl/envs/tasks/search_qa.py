@@ -113,10 +113,6 @@ class SearchQA(ToolEnv):
         retriever_url: a Search-R1-compatible /retrieve server to search instead of a local index.
         with_python: also give the agent a sandboxed python tool (the ARPO setting, whose
             reward adds 0.1 when both tools are used); `sandbox_backend` picks its backend.
-        template_tools: also hand the tools' JSON specs to the chat template (which writes
-            them into the system message). The system prompt already describes the tools in
-            the call format, so False drops a duplicate description that costs a tiny model
-            about 250 prompt tokens per episode.
         call_format, max_turns, max_tool_calls, call_timeout, render_mode: see `ToolEnv`.
     """
 
@@ -139,7 +135,6 @@ class SearchQA(ToolEnv):
         retriever_url: str | None = None,
         with_python: bool = False,
         sandbox_backend: str = "auto",
-        template_tools: bool = True,
         call_format: str = "xml",
         max_turns: int = 5,
         max_tool_calls: int = 6,
@@ -199,8 +194,6 @@ class SearchQA(ToolEnv):
             system_prompt=SYSTEM_PROMPT,
             render_mode=render_mode,
         )
-        if not template_tools:
-            self.tool_specs = ()
 
     def _episode_task(self, rng: np.random.Generator) -> Task:
         """Per-episode worlds: build the world of this episode, point search at it, ask a question.
