@@ -284,6 +284,7 @@ class RLTrainer:
         device = next(self.model.parameters()).device
         lengths = [len(t.token_ids) for t in trajs]
         order_rng = random.Random(cfg.run.seed * 7919 + self.iteration)
+        forward = self._needs_forward(trajs, advantages)
         totals: dict[str, float] = defaultdict(float)
         steps = 0
         self.model.train()
@@ -293,19 +294,23 @@ class RLTrainer:
             size = math.ceil(len(order) / tcfg.mini_batches)
             for mb_start in range(0, len(order), size):
                 mini = order[mb_start:mb_start + size]
+                # The loss is normalised over the whole mini-batch, skipped sequences included,
+                # so skipping changes the cost of a step, never its gradient.
                 denominator = self._denominator([trajs[i] for i in mini])
+                used = [i for i in mini if forward[i]]
+                used_denominator = self._denominator([trajs[i] for i in used])
                 self.optimizer.zero_grad(set_to_none=True)
                 accumulated: dict[str, float] = defaultdict(float)
-                for micro in micro_batches(mini, lengths, tcfg.micro_batch_size):
+                for micro in micro_batches(used, lengths, tcfg.micro_batch_size):
                     batch = collate([trajs[i] for i in micro], [advantages[i] for i in micro],
                                     self.tokenizer.pad_token_id, device)
-                    weight = self._share(batch) / denominator
-                    if weight == 0:
+                    share = self._share(batch)
+                    if share == 0:
                         continue
                     loss, parts = self._loss(batch)
-                    (loss * weight).backward()
-                    for key, value in parts.items():
-                        accumulated[key] += value * weight
+                    (loss * share / denominator).backward()
+                    for key, value in parts.items():  # diagnostics: mean over the used sequences
+                        accumulated[key] += value * share / used_denominator
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -317,7 +322,21 @@ class RLTrainer:
         metrics = {key: value / max(steps, 1) for key, value in totals.items()}
         metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
         metrics["policy/optimizer_steps"] = float(steps)
+        metrics["perf/skipped_sequences"] = 1.0 - sum(forward) / max(1, len(forward))
         return metrics
+
+    def _needs_forward(self, trajs: list[Trajectory], advantages: list[np.ndarray]) -> list[bool]:
+        """Which sequences must go through forward/backward in the update.
+
+        A sequence whose action tokens all have advantage 0 (e.g. every member of a GRPO group
+        got the same reward) adds exactly nothing to the clipped policy loss or its gradient,
+        so it is skipped unless a KL or entropy term, which every token feeds, is on.
+        """
+        acfg = self.config.algorithm
+        if acfg.kl_coef > 0 or acfg.entropy_coef != 0:
+            return [True] * len(trajs)
+        return [bool(np.any(np.asarray(adv)[np.asarray(t.loss_mask, dtype=bool)] != 0))
+                for t, adv in zip(trajs, advantages)]
 
     def _loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         acfg = self.config.algorithm

@@ -119,6 +119,37 @@ def test_sft_trains_only_on_action_tokens_and_lowers_the_loss(tiny_model_dir):
     assert history[-1]["sft/loss"] < 0.7 * history[0]["sft/loss"]
 
 
+class HalfConstant(Lowercase):
+    """Even seeds pay 1 whatever the action, so their GRPO groups have advantage 0 everywhere."""
+
+    def reset(self, *, seed=None, options=None):
+        self.constant = seed is not None and seed % 2 == 0
+        return super().reset(seed=seed)
+
+    def step(self, action):
+        observation, share, done, truncated, info = super().step(action)
+        return observation, 1.0 if self.constant else share, done, truncated, info
+
+
+def test_skipping_zero_advantage_sequences_leaves_the_update_unchanged(tmp_path, tiny_model_dir):
+    """The update skips sequences whose advantages are all 0; the weights must not notice."""
+    results = []
+    for name, skip in (("skip", True), ("full", False)):
+        torch.manual_seed(0)
+        config = _config(tmp_path, name, **{"train.iterations": 2, "train.lr": 1e-3,
+                                            "train.mini_batches": 2})
+        model, tokenizer = load_model(tiny_model_dir)
+        trainer = RLTrainer(config, tmp_path / name, model, tokenizer, HalfConstant)
+        if not skip:
+            trainer._needs_forward = lambda trajs, advantages: [True] * len(trajs)
+        metrics = [trainer.train_iteration() for _ in range(2)]
+        results.append((_weights(model), metrics))
+    (skipped_weights, skipped_metrics), (full_weights, full_metrics) = results
+    assert skipped_metrics[0]["perf/skipped_sequences"] == pytest.approx(0.5)
+    assert full_metrics[0]["perf/skipped_sequences"] == 0.0
+    assert torch.allclose(skipped_weights, full_weights, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "settings",
     [
