@@ -4,6 +4,7 @@
     agentrl sft RECIPE [overrides]          the SFT warm-up stage only
     agentrl eval RECIPE --model PATH        held-out evaluation of a checkpoint
     agentrl demo [overrides]                the embedded demo (tiny model, SFT, GRPO, report)
+    agentrl view RUN_DIR                    settings, results, curves and trajectories of a run
     agentrl env list | check ENV_ID | play ENV_ID
     agentrl sandbox build | doctor
     agentrl serve-retriever ...
@@ -113,6 +114,24 @@ def eval_command(
     def go() -> None:
         metrics = run_eval_only(_load(recipe, overrides or []), model, console=console)
         console.print_json(json.dumps(metrics))
+
+    _user_errors(go)
+
+
+@app.command()
+def view(
+    run_dir: Path = typer.Argument(..., help="a run directory, e.g. runs/demo"),
+    trajectories: int = typer.Option(2, help="sampled trajectories to show (0 = none)"),
+    iteration: Optional[int] = typer.Option(None, help="whose trajectories (default: the last logged)"),
+) -> None:
+    """Summarise a run directory: settings, before/after table, training curves, trajectories."""
+    from agentrl.training.view import view_run
+
+    def go() -> None:
+        try:
+            view_run(run_dir, console, trajectories=trajectories, iteration=iteration)
+        except ValueError as exc:
+            _fail(str(exc))
 
     _user_errors(go)
 

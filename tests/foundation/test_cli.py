@@ -49,3 +49,24 @@ def test_env_list_and_check():
     assert checked.returncode == 0 and "passes" in checked.stdout
     unknown = _run("env", "check", "agentrl/Nope-v0")
     assert unknown.returncode == 2 and "unknown env id" in unknown.stderr
+
+
+def test_view_summarises_a_run_directory(tmp_path, tiny_model_dir):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run: {name: small}\n")
+    trained = _run("train", str(recipe), f"run.out_dir={tmp_path}", "run.name=small",
+                   f"model.path={tiny_model_dir}", "sft.demos=0", "eval.tasks=4",
+                   "rollout.tasks_per_iteration=2", "rollout.group_size=2",
+                   "rollout.max_new_tokens=4", "train.iterations=2")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    viewed = _run("view", str(tmp_path / "small"), "--trajectories", "1")
+    assert viewed.returncode == 0, viewed.stderr
+    for expected in ("agentrl/ArithmeticTryAgain-v0", "Held-out evaluation", "before RL", "after RL",
+                     "Training curves", "iteration 2, group", "user: What is"):
+        assert expected in viewed.stdout, (expected, viewed.stdout)
+
+    missing = _run("view", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr
+    wrong_iteration = _run("view", str(tmp_path / "small"), "--iteration", "99")
+    assert wrong_iteration.returncode == 2 and "logged iterations: 1 to 2" in wrong_iteration.stderr
+    assert "Traceback" not in missing.stderr + wrong_iteration.stderr
