@@ -1,10 +1,11 @@
 """The demo's learning result for several seeds: held-out metrics before and after RL.
 
 Runs `agentrl demo --task TASK run.seed=S run.name=demo-TASK-seedS` for each seed, one after
-another (each run owns the machine), and writes the before/after metrics and the wall time of
+another (each run owns the machine; `--jobs N` runs N at once, whose wall times then include
+the contention), and writes the before/after metrics and the wall time of
 every run to a JSON file and a markdown table (docs/demo.md keeps the latest one).
 
-    python benchmarks/demo_seeds.py [--task arithmetic] [--seeds 0 1 2] [--out-dir runs/demo-seeds]
+    python benchmarks/demo_seeds.py [--task arithmetic] [--seeds 0 1 2] [--out-dir runs/demo-seeds] [--jobs 1]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 COLUMNS = ("succ@1", "succ@{k}", "unique_answer_ratio", "mean_turns", "mean_return")
@@ -52,9 +54,12 @@ def main() -> None:
     parser.add_argument("--task", default="arithmetic")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out-dir", type=Path, default=Path("runs/demo-seeds"))
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at the same time")
     parser.add_argument("overrides", nargs="*", help="section.field=value passed to every run")
     args = parser.parse_args()
-    rows = [run_seed(args.task, seed, args.out_dir, args.overrides) for seed in args.seeds]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda seed: run_seed(args.task, seed, args.out_dir, args.overrides),
+                             args.seeds))
     result_path = args.out_dir / f"demo_{args.task}_seeds.json"
     result_path.write_text(json.dumps(rows, indent=2))
     print(markdown(rows))
