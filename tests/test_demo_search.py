@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from agentrl.config import load_config
@@ -23,18 +24,23 @@ def test_demo_evaluates_on_worlds_never_trained_on():
     assert config.eval.env_kwargs == {}  # the same env as training; only the seeds differ
     env = env_factory(config)()
     try:
-        def names(seeds):
-            out = set()
+        def questions(seeds):
+            out = []
             for seed in seeds:
                 env.reset(seed=seed)
-                out.update(d.title for d in env.unwrapped.world.documents())
+                out.append((env.unwrapped.episode.task.prompt, env.unwrapped.episode.task.answer))
             return out
 
         first = config.env.train_seed_offset
-        trained = names(range(first, first + config.train.iterations * config.rollout.tasks_per_iteration))
-        held_out = names(range(config.eval.seed_offset, config.eval.seed_offset + 100))
-        # Random names: worlds share one only by chance.
-        assert len(held_out & trained) < 0.05 * len(held_out)
+        trained = questions(range(first, first + config.train.iterations * config.rollout.tasks_per_iteration))
+        trained += questions(range(config.sft.seed_offset, config.sft.seed_offset + config.sft.demos))
+        held_out = questions(range(config.eval.seed_offset, config.eval.seed_offset + 300))
+        # Every world is new: answering a held-out question with the answer it had in training
+        # (or with the most frequent answer) is right only by chance.
+        recalled = dict(trained)
+        assert sum(recalled.get(q) == a for q, a in held_out) < 0.05 * len(held_out)
+        answers = Counter(a for _, a in held_out)
+        assert answers.most_common(1)[0][1] < 0.05 * len(held_out)
         # No JSON tool specs for the chat template: the system prompt already lists the tools.
         assert env.unwrapped.tool_specs == () and "<search>" in env.unwrapped.system_prompt
     finally:

@@ -23,27 +23,32 @@ DEMOS: dict[str, list[str]] = {
         "train.iterations=70",
         "eval.tasks=400",
     ],
-    # A search agent on SearchQA's generated world: SFT warm-up on oracle search plans (one
-    # epoch, so sampling still slips), then GRPO on the train questions; evaluation on the
-    # held-out test questions, where success is exact match. Sized for 15 minutes on 2 cores:
-    # one passage per search and no JSON tool specs in the prompt keep episodes under 200
-    # tokens; one torch thread is fastest when other processes share the cores.
+    # A search agent on SearchQA: every episode seed builds a new small world (21 entities
+    # named from a shared list of 64 names), so the held-out seeds of the evaluation ask about
+    # worlds never trained on and the only way to succeed is to search each hop's entity and
+    # copy names from the question and the passages. SFT warm-up on oracle search plans, then
+    # GRPO; success is exact match. Sized for 15 minutes on 2 cores: one passage per search
+    # keeps episodes near 200 tokens; one torch thread is fastest when other processes share
+    # the cores. Trajectories are averaged per sequence so that long failed episodes do not
+    # outweigh solved ones.
     "search": [
         "run.name=search",
         "run.torch_threads=1",
         "env.id=agentrl/SearchQA-v0",
-        "env.kwargs={worlds: per_episode, topk: 1, max_turns: 4}",
+        "env.kwargs={worlds: per_episode, name_pool: 64, topk: 1, max_turns: 4}",
         "eval.tasks=300",
         "rollout.max_new_tokens=12",
         "rollout.max_total_tokens=384",
         "rollout.group_size=8",
         "rollout.tasks_per_iteration=8",
-        "sft.demos=2000",
+        "sft.demos=4000",
         "sft.epochs=1",
         "sft.batch_size=16",
-        "sft.warmup_steps=5",
+        "sft.lr=2e-3",
+        "sft.warmup_steps=10",
+        "algorithm.agg=seq-mean-token-mean",
         "train.iterations=40",
-        "train.lr=1e-4",
+        "train.lr=2e-4",
     ],
 }
 

@@ -274,3 +274,18 @@ def test_search_qa_per_episode_rejects_external_corpora():
         SearchQA(worlds="per_episode", retriever_url="http://127.0.0.1:1")
     with pytest.raises(ValueError, match="worlds must be"):
         SearchQA(worlds="many")
+
+
+def test_search_qa_per_episode_worlds_can_share_a_name_pool():
+    from agentrl.envs.tasks.world import name_pool
+
+    env = _episode_world_env(name_pool=64)
+    pool, worlds = set(name_pool(64)), set()
+    for seed in range(30):
+        reward, info = _play_oracle(env, seed=seed)
+        titles = [d.title for d in env.world.documents()]
+        assert info["success"] and set(titles) <= pool and len(set(titles)) == len(titles) == 21
+        worlds.add(tuple(titles))
+    assert len(worlds) == 30  # the same names, assigned anew in every world
+    with pytest.raises(ValueError, match="name_pool"):
+        make_world(WorldConfig(num_people=30, name_pool=20))

@@ -124,6 +124,7 @@ class SearchQA(ToolEnv):
         num_cities: int | None = None,
         num_companies: int | None = None,
         num_people: int | None = None,
+        name_pool: int | None = None,
         split: Split = "train",
         min_hops: int = 1,
         max_hops: int = 3,
@@ -166,7 +167,8 @@ class SearchQA(ToolEnv):
             base = EPISODE_WORLD if worlds == "per_episode" else FIXED_WORLD
             counts = {name: value for name, value in (
                 ("num_countries", num_countries), ("num_cities", num_cities),
-                ("num_companies", num_companies), ("num_people", num_people)) if value is not None}
+                ("num_companies", num_companies), ("num_people", num_people),
+                ("name_pool", name_pool)) if value is not None}
             config = dataclasses.replace(base, seed=world_seed, **counts)
             self.world = make_world(config)
             if worlds == "per_episode":

@@ -45,6 +45,11 @@ class WorldConfig:
     num_cities: int = 12
     num_companies: int = 8
     num_people: int = 30
+    #: 0: every name is new random syllables. N > 0: names are drawn from a fixed list of N
+    #: names shared by all worlds, so a small model meets each name often enough to learn
+    #: its spelling, while which entity bears which name (and so every fact) still changes
+    #: with the seed.
+    name_pool: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,13 @@ class World:
         return out
 
 
+@functools.lru_cache(maxsize=4)
+def name_pool(size: int) -> tuple[str, ...]:
+    """The shared list of `size` names (the same for every world and seed)."""
+    rng, taken = random.Random("agentrl-world-names"), set()
+    return tuple(_name(rng, taken) for _ in range(size))
+
+
 def _name(rng: random.Random, taken: set[str]) -> str:
     while True:
         syllables = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 3)))]
@@ -160,10 +172,14 @@ def make_world(config: WorldConfig = WorldConfig()) -> World:
     rng = random.Random(config.seed)
     taken: set[str] = set()
     world = World(config)
-    countries = [_name(rng, taken) for _ in range(config.num_countries)]
-    cities = [_name(rng, taken) for _ in range(config.num_cities)]
-    companies = [_name(rng, taken) for _ in range(config.num_companies)]
-    people = [_name(rng, taken) for _ in range(config.num_people)]
+    counts = (config.num_countries, config.num_cities, config.num_companies, config.num_people)
+    if config.name_pool:
+        if config.name_pool < sum(counts):
+            raise ValueError(f"name_pool={config.name_pool} is smaller than the world's {sum(counts)} entities")
+        names = iter(rng.sample(name_pool(config.name_pool), sum(counts)))
+    else:
+        names = iter(_name(rng, taken) for _ in range(sum(counts)))
+    countries, cities, companies, people = ([next(names) for _ in range(n)] for n in counts)
     for i, city in enumerate(cities):  # every country gets at least one city, its capital
         world.country_of[city] = countries[i] if i < len(countries) else rng.choice(countries)
     for i, country in enumerate(countries):
