@@ -104,6 +104,9 @@ class SearchQA(ToolEnv):
             the current episode's world; forks keep it.
         world_seed, num_countries, num_cities, num_companies, num_people: the generated world
             (the counts default to `FIXED_WORLD` or, per episode, to the smaller `EPISODE_WORLD`).
+        name_pool: name the entities from a shared list of this many names (`WorldConfig.
+            name_pool`) instead of fresh random syllables: per episode, the facts still change
+            with every seed, but a small model meets each name often enough to spell it.
         split: "train", "test" or "all" of the fixed world's questions.
         min_hops, max_hops: which questions (1 to 3 hops) to ask.
         reward: "em", "f1" or "arpo".
