@@ -1,6 +1,7 @@
 # agentrl: two commands do everything on a fresh machine.
-#   make demo   set up, then run the main job (tiny model, SFT warm-up, GRPO, before/after table)
-#               (make demo-search: the same for a search agent on SearchQA)
+#   make demo   set up, then run the main job: a search agent on SearchQA (tiny model, SFT
+#               warm-up, GRPO, held-out exact match before/after RL)
+#               (make demo-arithmetic: the same for multi-turn arithmetic with "try again" feedback)
 #   make test   set up (Python deps, Docker engine + sandbox image, bubblewrap), then run the tests
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ BIN    := $(VENV)/bin
 # otherwise pull the newest release with gigabytes of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo demo-search test install sandbox-setup bench clean
+.PHONY: demo demo-search demo-arithmetic test install sandbox-setup bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +27,15 @@ install: $(BIN)/.installed
 sandbox-setup: install
 	bash scripts/setup_sandboxes.sh
 
+# The main job: a search agent on SearchQA over invented worlds, SFT warm-up then GRPO, held-out EM.
 demo: install
-	$(BIN)/agentrl demo
-
-# The search-agent demo: SearchQA over an invented world, SFT warm-up then GRPO, held-out EM.
-demo-search: install
 	$(BIN)/agentrl demo --task search
+
+demo-search: demo
+
+# Multi-turn arithmetic with UFO "try again" feedback: Succ@1 / Succ@5 before and after RL.
+demo-arithmetic: install
+	$(BIN)/agentrl demo --task arithmetic
 
 test: install
 	-@bash scripts/setup_sandboxes.sh || echo "sandbox set-up failed: docker/bwrap tests will skip (see above)"

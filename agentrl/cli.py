@@ -3,7 +3,7 @@
     agentrl train RECIPE [section.field=value ...] [--resume]
     agentrl sft RECIPE [overrides]          the SFT warm-up stage only
     agentrl eval RECIPE --model PATH        held-out evaluation of a checkpoint
-    agentrl demo [overrides]                the embedded demo (tiny model, SFT, GRPO, report)
+    agentrl demo [--task search|arithmetic] [overrides]   an embedded demo (tiny model, SFT, GRPO, report)
     agentrl view RUN_DIR                    settings, results, curves and trajectories of a run
     agentrl env list | check ENV_ID | play ENV_ID
     agentrl sandbox build | doctor
@@ -74,10 +74,10 @@ def train(
 @app.command()
 def demo(
     overrides: Optional[List[str]] = typer.Argument(None, help="section.field=value overrides"),
-    task: str = typer.Option("arithmetic", "--task", help="which embedded demo to run"),
+    task: str = typer.Option("search", "--task", help="which embedded demo: search or arithmetic"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
 ) -> None:
-    """The main demo: tiny model, SFT on oracle demos, then GRPO (default: multi-turn Arithmetic)."""
+    """The main demo: tiny model, SFT on oracle demos, then GRPO (default: a SearchQA search agent)."""
     from agentrl.training.demos import demo_overrides
     from agentrl.training.run import run_training
 
