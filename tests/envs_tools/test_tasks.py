@@ -246,7 +246,7 @@ def test_search_qa_per_episode_held_out_seeds_share_no_world_with_training():
             names.update(d.title for d in env.world.documents())
         return answers, names
 
-    train_answers, train_names = answers_and_names(range(320))        # a demo's training seeds
+    _, train_names = answers_and_names(range(320))        # a demo's training seeds
     test_answers, test_names = answers_and_names(range(10_000_000, 10_000_300))  # eval.seed_offset
     # Names are random syllables, so two worlds share one only by chance: a held-out answer is
     # almost never a name seen in training, and no answer is frequent enough to guess.
@@ -263,7 +263,7 @@ def test_search_qa_per_episode_fork_keeps_the_episode_world():
     env.reset(seed=2)  # the original moves on to another world
     assert env.world is not world and branch.world is world and branch.episode.task is not None
     while True:
-        obs, reward, terminated, truncated, info = branch.step(branch.oracle_action())
+        _, _, terminated, truncated, info = branch.step(branch.oracle_action())
         if terminated or truncated:
             break
     assert info["success"] and branch.episode.task.id == task.id
@@ -282,7 +282,7 @@ def test_search_qa_per_episode_worlds_can_share_a_name_pool():
     env = _episode_world_env(name_pool=64)
     pool, worlds = set(name_pool(64)), set()
     for seed in range(30):
-        reward, info = _play_oracle(env, seed=seed)
+        _, info = _play_oracle(env, seed=seed)
         titles = [d.title for d in env.world.documents()]
         assert info["success"] and set(titles) <= pool and len(set(titles)) == len(titles) == 21
         worlds.add(tuple(titles))

@@ -3,7 +3,7 @@
 By default the corpus and questions come from a generated world of invented entities (see
 `agentrl.envs.tasks.world`), so the agent must search: one search per hop, then
 `<answer>name</answer>`. With `worlds="per_episode"` every episode seed builds its own small
-world, so training and held-out seeds never share an entity and no answer can be memorised:
+world, so training and held-out seeds never share a world and no answer can be memorised:
 
     gymnasium.make("agentrl/SearchQA-v0", worlds="per_episode")
 
