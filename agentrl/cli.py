@@ -4,6 +4,7 @@
     agentrl sft RECIPE [overrides]          the SFT warm-up stage only
     agentrl eval RECIPE --model PATH        held-out evaluation of a checkpoint
     agentrl demo [--task search|arithmetic] [overrides]   an embedded demo (tiny model, SFT, GRPO, report)
+    agentrl bench [NAME ...]                list the benchmarks or run them
     agentrl view RUN_DIR                    settings, results, curves and trajectories of a run
     agentrl env list | check ENV_ID | play ENV_ID
     agentrl sandbox build | doctor
@@ -134,6 +135,54 @@ def view(
             _fail(str(exc))
 
     _user_errors(go)
+
+
+def _benchmarks_dir() -> Path:
+    """The repository's benchmarks/ folder (benchmarks are scripts, not part of the package)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / "benchmarks").is_dir():
+            return root / "benchmarks"
+    _fail("no benchmarks/ folder found; run `agentrl bench` from the agentrl repository")
+    raise AssertionError  # unreachable: _fail exits
+
+
+def _first_doc_line(script: Path) -> str:
+    import ast
+
+    doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    names: Optional[List[str]] = typer.Argument(None, help="benchmarks to run (default: list them)"),
+) -> None:
+    """List the benchmarks, or run the named ones (extra --options go to the script).
+
+    Results are JSON files and tables; docs/benchmarks.md, docs/tools.md, docs/sandboxes.md and
+    docs/generation.md hold the measured figures. `make bench` runs the standard set.
+    """
+    import subprocess
+
+    folder = _benchmarks_dir()
+    available = {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
+    if not names:
+        table = Table(title=f"Benchmarks ({folder})")
+        table.add_column("name")
+        table.add_column("what it measures")
+        for name, path in available.items():
+            table.add_row(name, _first_doc_line(path))
+        console.print(table)
+        return
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        _fail(f"unknown benchmark {unknown[0]!r}; available: {', '.join(available)}")
+    for name in names:
+        console.print(f"[bold]{name}[/bold]")
+        code = subprocess.call([sys.executable, str(available[name]), *ctx.args])
+        if code != 0:
+            _fail(f"benchmark {name!r} exited with status {code}", code=code)
 
 
 @env_app.command("list")

@@ -70,3 +70,13 @@ def test_view_summarises_a_run_directory(tmp_path, tiny_model_dir):
     wrong_iteration = _run("view", str(tmp_path / "small"), "--iteration", "99")
     assert wrong_iteration.returncode == 2 and "logged iterations: 1 to 2" in wrong_iteration.stderr
     assert "Traceback" not in missing.stderr + wrong_iteration.stderr
+
+
+def test_bench_lists_the_benchmarks_and_names_an_unknown_one():
+    listed = _run("bench")
+    assert listed.returncode == 0, listed.stderr
+    for name in ("rl_update_overhead", "generation_throughput", "search_tools", "sandbox_latency"):
+        assert name in listed.stdout
+    unknown = _run("bench", "nope")
+    assert unknown.returncode == 2 and "unknown benchmark 'nope'; available:" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
