@@ -20,7 +20,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -35,7 +35,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -143,14 +143,12 @@ def _benchmarks_dir() -> Path:
         if (root / "benchmarks").is_dir():
             return root / "benchmarks"
     _fail("no benchmarks/ folder found; run `agentrl bench` from the agentrl repository")
-    raise AssertionError  # unreachable: _fail exits
 
 
 def _first_doc_line(script: Path) -> str:
     import ast
 
-    doc = ast.get_docstring(ast.parse(script.read_text())) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    return (ast.get_docstring(ast.parse(script.read_text())) or "").partition("\n")[0]
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -22,6 +23,19 @@ def _tiny_model_texts(n: int = 400, seed: int = 0) -> list[str]:
             f"<answer>{a + b}</answer><|im_end|>\n"
         )
     return texts
+
+
+@pytest.fixture(scope="session")
+def sandbox_missing():
+    """Call with the reason a sandbox backend is unavailable: the test skips, or fails under
+    ``AGENTRL_REQUIRE_SANDBOXES=1`` (CI), where the real backends must run."""
+
+    def missing(reason: str) -> None:
+        if os.environ.get("AGENTRL_REQUIRE_SANDBOXES") == "1":
+            pytest.fail(f"AGENTRL_REQUIRE_SANDBOXES=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+    return missing
 
 
 @pytest.fixture(scope="session")

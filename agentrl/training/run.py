@@ -70,9 +70,7 @@ def run_training(config: Config, *, resume: bool = False, console: Console | Non
                  evaluate_before: bool = True) -> dict[str, Any]:
     """Run the recipe end to end; returns the before/after evaluation results."""
     console = console or Console()
-    _seed_everything(config.run.seed)
-    if config.run.torch_threads:
-        torch.set_num_threads(config.run.torch_threads)
+    _prepare_process(config)
     make_env = env_factory(config)  # an unknown env id fails here, before anything is written
     make_eval_env = env_factory(config, evaluation=True)
     run_dir = Path(config.run.out_dir) / config.run.name
@@ -200,16 +198,20 @@ def _progress(console: Console) -> Progress:
                     transient=False)
 
 
-def _seed_everything(seed: int) -> None:
+def _prepare_process(config: Config) -> None:
+    """Seed every RNG and apply `run.torch_threads`, once per run, whatever the entry point."""
+    seed = config.run.seed
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if config.run.torch_threads:
+        torch.set_num_threads(config.run.torch_threads)
 
 
 def run_sft_only(config: Config, *, console: Console | None = None) -> Path:
     """Only the SFT warm-up stage; returns the saved model directory."""
     console = console or Console()
-    _seed_everything(config.run.seed)
+    _prepare_process(config)
     run_dir = Path(config.run.out_dir) / config.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
@@ -226,6 +228,7 @@ def run_sft_only(config: Config, *, console: Console | None = None) -> Path:
 def run_eval_only(config: Config, model_path: Path, *, console: Console | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on the recipe's held-out tasks; the report goes next to the model."""
     console = console or Console()
+    _prepare_process(config)
     make_env = env_factory(config, evaluation=True)
     model, tokenizer = load_model(model_path, dtype=_DTYPES[config.model.dtype], device=config.model.device)
     model_path = Path(model_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
@@ -22,12 +21,10 @@ def _backend_ready(name: str) -> tuple[bool, str]:
 
 @pytest.fixture(params=[pytest.param("bwrap", marks=pytest.mark.bwrap),
                         pytest.param("docker", marks=pytest.mark.docker)])
-def tool(request):
+def tool(request, sandbox_missing):
     ready, why = _backend_ready(request.param)
     if not ready:
-        if os.environ.get("AGENTRL_REQUIRE_SANDBOXES") == "1":  # CI: the real backends must run
-            pytest.fail(f"AGENTRL_REQUIRE_SANDBOXES=1 but the {request.param} sandbox is unavailable: {why}")
-        pytest.skip(f"{request.param} sandbox unavailable: {why}")
+        sandbox_missing(f"the {request.param} sandbox is unavailable: {why}")
     tool = PythonTool(backend=request.param, timeout=2.0, max_output_chars=200)
     yield tool
     tool.close()
