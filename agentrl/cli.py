@@ -126,7 +126,7 @@ def view(
     iteration: Optional[int] = typer.Option(None, help="whose trajectories (default: the last logged)"),
 ) -> None:
     """Summarise a run directory: settings, before/after table, training curves, trajectories."""
-    from agentrl.training.view import view_run
+    from agentrl.viewer import view_run
 
     def go() -> None:
         try:

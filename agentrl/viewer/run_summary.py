@@ -53,7 +53,7 @@ def view_run(run_dir: str | Path, console: Console | None = None, *, trajectorie
         k = int(results.pop("k", config.get("eval", {}).get("k", 5)))
         console.print(comparison_table(results, k))
 
-    rows = [r for r in read_metrics(run_dir) if "reward/mean" in r] if (run_dir / "metrics.jsonl").is_file() else []
+    rows = [r for r in read_metrics(run_dir) if "reward/mean" in r]
     if rows:
         console.print(_curve_table(rows, curve_rows))
     else:
