@@ -50,6 +50,10 @@ class ModelConfig(_Section):
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
+    #: Mixed precision for sampling, SFT and the RL update: "bfloat16" runs matrix products
+    #: under torch.autocast while weights and optimizer state stay in `dtype`; "auto" does so
+    #: only where the device has native bfloat16 (agentrl.models.precision).
+    autocast: Literal["none", "bfloat16", "auto"] = "none"
 
 
 class EnvConfig(_Section):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from agentrl.models.precision import autocast as autocast_to
 from agentrl.types import Completion, FinishReason, SamplingParams
 
 
@@ -31,6 +32,8 @@ class HFGenerator:
     `device` defaults to the device of the model's parameters. `eos_token_ids` defaults to the
     tokenizer's EOS id plus those of the model's generation config; an explicit empty list
     turns EOS stopping off (rows then end only at a stop string or the length limit).
+    `autocast` (e.g. torch.bfloat16) runs the forward passes under `torch.autocast` to that
+    dtype; the trainer must use the same setting so that behaviour log-probs match its own.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class HFGenerator:
         max_batch_size: int = 64,
         device: str | torch.device | None = None,
         eos_token_ids: list[int] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}.")
@@ -50,6 +54,7 @@ class HFGenerator:
         if device is None:
             device = next(model.parameters()).device
         self.device = torch.device(device)
+        self.autocast = autocast
         if eos_token_ids is None:
             self.eos_token_ids = self._default_eos_ids()
             if not self.eos_token_ids:
@@ -93,7 +98,7 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast_to(self.device, self.autocast):
                 for start in range(0, len(order), self.max_batch_size):
                     rows = order[start : start + self.max_batch_size]
                     batch = self._generate_batch([prompts[i] for i in rows], params, rng)

@@ -41,6 +41,7 @@ from agentrl.algorithms import (
 )
 from agentrl.config import Config
 from agentrl.generation import HFGenerator
+from agentrl.models import autocast, resolve_autocast
 from agentrl.rollout import RolloutEngine, make_strategy
 from agentrl.training.batch import collate, micro_batches
 from agentrl.training.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
@@ -74,7 +75,10 @@ class RLTrainer:
         self.on_iteration = on_iteration
         cfg, rcfg, tcfg = config, config.rollout, config.train
 
-        self.generator = HFGenerator(model, tokenizer, max_batch_size=rcfg.max_batch_size)
+        device = next(model.parameters()).device
+        self.autocast = resolve_autocast(config.model.autocast, device)
+        self.generator = HFGenerator(model, tokenizer, max_batch_size=rcfg.max_batch_size,
+                                     autocast=self.autocast)
         sampling = SamplingParams(temperature=rcfg.temperature, top_p=rcfg.top_p,
                                   max_new_tokens=rcfg.max_new_tokens)
         self.engine = RolloutEngine(self.generator, tokenizer, sampling, max_turns=rcfg.max_turns,
@@ -307,7 +311,8 @@ class RLTrainer:
                     share = self._share(batch)
                     if share == 0:
                         continue
-                    loss, parts = self._loss(batch)
+                    with autocast(device, self.autocast):
+                        loss, parts = self._loss(batch)
                     (loss * share / denominator).backward()
                     for key, value in parts.items():  # diagnostics: mean over the used sequences
                         accumulated[key] += value * share / used_denominator

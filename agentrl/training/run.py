@@ -35,7 +35,7 @@ from agentrl.config import Config, dump_config
 from agentrl.envs import make_env as make_registered_env
 from agentrl.eval import evaluate
 from agentrl.generation import HFGenerator
-from agentrl.models import build_tiny_model, load_model
+from agentrl.models import build_tiny_model, load_model, resolve_autocast
 from agentrl.rollout import collect_demonstrations
 from agentrl.training.corpus import env_corpus
 from agentrl.training.metrics import MetricsLogger
@@ -103,7 +103,7 @@ def run_training(config: Config, *, resume: bool = False, console: Console | Non
     trainer = RLTrainer(config, run_dir, model, tokenizer, make_env)
     if resume and trainer.resume():
         console.print(f"[bold]Resuming[/bold] RL from iteration {trainer.iteration}")
-    _train_with_progress(trainer, console)
+    _train_with_progress(trainer, console, make_eval_env)
 
     results["after RL"] = _evaluate_once(config, run_dir, "after_rl", model, tokenizer, make_eval_env,
                                          console, reuse=False)
@@ -151,7 +151,8 @@ def _sft(config: Config, run_dir: Path, model, tokenizer, make_env, console: Con
                 logger.log(step, metrics)
 
         sft_train(model, tokenizer, demos, epochs=scfg.epochs, batch_size=scfg.batch_size, lr=scfg.lr,
-                  warmup_steps=scfg.warmup_steps, seed=config.run.seed, on_step=on_step)
+                  warmup_steps=scfg.warmup_steps, seed=config.run.seed,
+                  autocast=resolve_autocast(config.model.autocast, config.model.device), on_step=on_step)
     logger.close()
 
 
@@ -162,7 +163,8 @@ def _evaluate_once(config: Config, run_dir: Path, name: str, model, tokenizer, m
     if reuse and path.is_file():
         return json.loads(path.read_text())["metrics"]
     ecfg = config.eval
-    generator = HFGenerator(model, tokenizer, max_batch_size=config.rollout.max_batch_size)
+    generator = HFGenerator(model, tokenizer, max_batch_size=config.rollout.max_batch_size,
+                            autocast=resolve_autocast(config.model.autocast, config.model.device))
     seeds = range(ecfg.seed_offset, ecfg.seed_offset + ecfg.tasks)
     with console.status(f"Evaluating on {ecfg.tasks} held-out tasks ({name})"):
         started = time.perf_counter()
@@ -178,8 +180,11 @@ def _evaluate_once(config: Config, run_dir: Path, name: str, model, tokenizer, m
     return metrics
 
 
-def _train_with_progress(trainer: RLTrainer, console: Console) -> None:
-    total = trainer.config.train.iterations
+def _train_with_progress(trainer: RLTrainer, console: Console, make_eval_env=None) -> None:
+    """Train with a progress bar; every `train.eval_every` iterations, a held-out evaluation
+    (eval/iter_NNNN.json, and its metrics under eval/ in metrics.jsonl)."""
+    config = trainer.config
+    total, every = config.train.iterations, config.train.eval_every
     with _progress(console) as progress:
         task = progress.add_task("RL", total=total, completed=trainer.iteration, stats="")
 
@@ -187,6 +192,12 @@ def _train_with_progress(trainer: RLTrainer, console: Console) -> None:
             progress.update(task, completed=iteration, stats=(
                 f"reward {metrics['reward/mean']:+.3f}  success {metrics['rollout/success_rate']:.2f}  "
                 f"{metrics['perf/tokens_per_s']:.0f} tok/s"))
+            # The last iteration is evaluated after training anyway ("after RL").
+            if make_eval_env is not None and every and iteration % every == 0 and iteration < total:
+                held_out = _evaluate_once(config, trainer.run_dir, f"iter_{iteration:04d}", trainer.model,
+                                          trainer.tokenizer, make_eval_env, console)
+                trainer.logger.log(iteration, {f"eval/{key}": value for key, value in held_out.items()
+                                               if isinstance(value, (int, float))})
 
         trainer.on_iteration = on_iteration
         trainer.train()

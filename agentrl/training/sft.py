@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from agentrl.models.precision import autocast as autocast_to
 from agentrl.training.batch import collate
 from agentrl.training.logprobs import token_logprobs
 from agentrl.training.optim import make_optimizer, warmup_cosine
@@ -29,11 +30,13 @@ def sft_train(
     min_lr_ratio: float = 0.1,
     grad_clip: float = 1.0,
     seed: int = 0,
+    autocast: torch.dtype | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place; returns one metrics dict per optimizer step.
 
     `on_step(step, total_steps, metrics)` is called after every step (progress bars, logging).
+    `autocast` (e.g. torch.bfloat16) runs the forward and backward in mixed precision.
     """
     if not trajectories:
         raise ValueError("no demonstrations to train on")
@@ -52,7 +55,8 @@ def sft_train(
         for start in range(0, len(order), batch_size):
             chunk = [trajectories[i] for i in order[start:start + batch_size]]
             batch = collate(chunk, None, tokenizer.pad_token_id, device)
-            logprobs, _ = token_logprobs(model, batch.input_ids, batch.attention_mask)
+            with autocast_to(device, autocast):
+                logprobs, _ = token_logprobs(model, batch.input_ids, batch.attention_mask)
             tokens = batch.loss_mask.sum().clamp(min=1.0)
             loss = -(logprobs * batch.loss_mask).sum() / tokens
             optimizer.zero_grad(set_to_none=True)

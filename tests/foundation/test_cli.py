@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,18 +58,24 @@ def test_view_summarises_a_run_directory(tmp_path, tiny_model_dir):
     trained = _run("train", str(recipe), f"run.out_dir={tmp_path}", "run.name=small",
                    f"model.path={tiny_model_dir}", "sft.demos=0", "eval.tasks=4",
                    "rollout.tasks_per_iteration=2", "rollout.group_size=2",
-                   "rollout.max_new_tokens=4", "train.iterations=2")
+                   "rollout.max_new_tokens=4", "train.iterations=3", "train.eval_every=2")
     assert trained.returncode == 0, trained.stderr[-2000:]
+    # A held-out evaluation during training at iteration 2 (iteration 3 is "after RL").
+    assert sorted(p.name for p in (tmp_path / "small" / "eval").iterdir()) == [
+        "after_rl.json", "before_rl.json", "iter_0002.json"]
+    evaluated = [json.loads(line) for line in (tmp_path / "small" / "metrics.jsonl").read_text().splitlines()
+                 if "eval/succ@1" in line]
+    assert [row["step"] for row in evaluated] == [2] and 0.0 <= evaluated[0]["eval/succ@1"] <= 1.0
     viewed = _run("view", str(tmp_path / "small"), "--trajectories", "1")
     assert viewed.returncode == 0, viewed.stderr
     for expected in ("agentrl/ArithmeticTryAgain-v0", "Held-out evaluation", "before RL", "after RL",
-                     "Training curves", "iteration 2, group", "user: What is"):
+                     "Training curves", "iteration 3, group", "user: What is"):
         assert expected in viewed.stdout, (expected, viewed.stdout)
 
     missing = _run("view", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
     wrong_iteration = _run("view", str(tmp_path / "small"), "--iteration", "99")
-    assert wrong_iteration.returncode == 2 and "logged iterations: 1 to 2" in wrong_iteration.stderr
+    assert wrong_iteration.returncode == 2 and "logged iterations: 1 to 3" in wrong_iteration.stderr
     assert "Traceback" not in missing.stderr + wrong_iteration.stderr
 
 
