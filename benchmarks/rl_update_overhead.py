@@ -25,7 +25,11 @@ other processes hits both alike; the table shows medians. Each side owns its own
 model and its own optimizer state.
 
     python benchmarks/rl_update_overhead.py [--repeats 5] [--threads 1] [--profile]
-        [--out runs/bench/rl_update_overhead.json]
+        [--autocast bfloat16] [--out runs/bench/rl_update_overhead.json]
+
+`--autocast bfloat16` times both sides in bfloat16 mixed precision (`model.autocast`, as the
+demos run where the CPU has native bfloat16): the framework through its config, the bare loop
+under its own `torch.autocast`.
 
 Writes a JSON result and prints a table (docs/benchmarks.md keeps the latest one). `--profile`
 adds a torch-profiler run of one update of each side: the framework's time per named part
@@ -54,7 +58,7 @@ from rich.table import Table
 from agentrl.algorithms import broadcast_to_tokens, grpo_advantages
 from agentrl.config import Config
 from agentrl.generation import HFGenerator
-from agentrl.models import build_tiny_model, load_model
+from agentrl.models import build_tiny_model, load_model, resolve_autocast
 from agentrl.rollout import RolloutEngine, collect_demonstrations, make_strategy
 from agentrl.training.batch import TokenBatch, collate, micro_batches
 from agentrl.training.corpus import env_corpus
@@ -129,9 +133,11 @@ class BareUpdate:
     run the same optimizer kernels).
     """
 
-    def __init__(self, model: torch.nn.Module, batches: list[TokenBatch], config: Config) -> None:
+    def __init__(self, model: torch.nn.Module, batches: list[TokenBatch], config: Config,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         tcfg = config.train
         self.model = model
+        self.autocast_dtype = autocast_dtype
         self.batches = batches
         self.clip_low, self.clip_high = config.algorithm.clip_low, config.algorithm.clip_high
         self.grad_clip = tcfg.grad_clip
@@ -145,8 +151,10 @@ class BareUpdate:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         for b in self.batches:
-            logits = self.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            with torch.autocast("cpu", dtype=self.autocast_dtype or torch.bfloat16,
+                                enabled=self.autocast_dtype is not None):
+                logits = self.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             logp = logp.gather(-1, b.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
             mask, adv = b.loss_mask[:, 1:], b.advantages[:, 1:]
             ratio = torch.exp((logp - b.old_logprobs[:, 1:]) * mask)
@@ -251,9 +259,10 @@ def profile_both(framework, bare, *, top: int = 10) -> dict[str, Any]:
 
 
 def run_benchmark(*, repeats: int, warmup: int, sft_demos: int, sft_epochs: int, threads: int,
-                  profile: bool, console: Console) -> dict[str, Any]:
+                  profile: bool, console: Console, autocast: str = "none") -> dict[str, Any]:
     torch.set_num_threads(threads)
-    config = Config()
+    config = Config.model_validate({"model": {"autocast": autocast}})
+    autocast_dtype = resolve_autocast(autocast, "cpu")
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -288,7 +297,7 @@ def run_benchmark(*, repeats: int, warmup: int, sft_demos: int, sft_epochs: int,
             f"success {data['success_rate']:.2f}; micro-batches {data['micro_batches']}")
 
         # Each side gets its own copy of the policy and its own optimizer state.
-        bare = BareUpdate(copy.deepcopy(model), batches, config)
+        bare = BareUpdate(copy.deepcopy(model), batches, config, autocast_dtype)
         trainer = RLTrainer(config, work / "run", model, tokenizer, env_factory(config))
         try:
             def framework() -> float:
@@ -312,6 +321,7 @@ def run_benchmark(*, repeats: int, warmup: int, sft_demos: int, sft_epochs: int,
     result = {
         "benchmark": "rl_update_overhead",
         "recipe": "Config() defaults (demo)",
+        "autocast": autocast,
         "env": config.env.id,
         "model": {"architecture": "Qwen2", "parameters": sum(p.numel() for p in model.parameters()),
                   "hidden_size": model.config.hidden_size,
@@ -383,6 +393,8 @@ def main() -> None:
                         help="torch threads (1 is steadiest when other processes share the cores)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one update of each side with the torch profiler")
+    parser.add_argument("--autocast", choices=("none", "bfloat16"), default="none",
+                        help="mixed precision of both sides (model.autocast)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/rl_update_overhead.json"))
     args = parser.parse_args()
     if args.warmup < 1 or args.repeats < 1:
@@ -390,7 +402,7 @@ def main() -> None:
     console = Console()
     result = run_benchmark(repeats=args.repeats, warmup=args.warmup, sft_demos=args.sft_demos,
                            sft_epochs=args.sft_epochs, threads=args.threads, profile=args.profile,
-                           console=console)
+                           console=console, autocast=args.autocast)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     console.print(results_table(result))
