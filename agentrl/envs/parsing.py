@@ -27,6 +27,7 @@ that the env counts in its metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import re
@@ -161,12 +162,19 @@ class XmlFormat:
     `tags` maps tag -> tool name; by default every tool is called by its own name. Tags in
     `ignore_tags` (reasoning, echoed results) are not actions; any other tag pair is an
     unknown-tool error.
+
+    `body_prefix` is written between the opening tag and the body when rendering a call or an
+    answer (the oracle's demonstrations); parsing strips it, so either form is accepted. With
+    `" "` a name is tokenised in `<search> Kunufu</search>` exactly as in running text
+    (" Kunufu"), not as ">Kunufu"; a small model then copies names from passages into calls
+    token for token, which it learns much faster (docs/demo_search.md).
     """
 
     tags: dict[str, str] | None = None
     answer_tag: str = "answer"
     result_tag: str = "result"
     ignore_tags: tuple[str, ...] = ("think", "reasoning", "result", "information")
+    body_prefix: str = ""
     template_tools: ClassVar[bool] = False  # the tags are described by `instructions`
 
     def _tag_map(self, tools: Mapping[str, Tool]) -> dict[str, str]:
@@ -230,10 +238,10 @@ class XmlFormat:
     def render_call(self, name: str, arguments: Mapping[str, Any], tools: Mapping[str, Tool]) -> str:
         tag = next(t for t, n in self._tag_map(tools).items() if n == name)
         tool = tools[name]
-        return f"<{tag}>{arguments[tool.primary_arg or 'input']}</{tag}>"
+        return f"<{tag}>{self.body_prefix}{arguments[tool.primary_arg or 'input']}</{tag}>"
 
     def render_answer(self, answer: str) -> str:
-        return f"<{self.answer_tag}>{answer}</{self.answer_tag}>"
+        return f"<{self.answer_tag}>{self.body_prefix}{answer}</{self.answer_tag}>"
 
     def render_results(self, results: Sequence[str]) -> str:
         return "\n".join(f"<{self.result_tag}>\n{r}\n</{self.result_tag}>" for r in results)
@@ -324,11 +332,21 @@ class HermesFormat:
         return "\n".join(f"<{self.response_tag}>\n{r}\n</{self.response_tag}>" for r in results)
 
 
-def get_format(spec: str | ToolCallFormat) -> ToolCallFormat:
-    """A format from its name ("xml" or "hermes") or a format object (returned as is)."""
+def get_format(spec: str | Mapping[str, Any] | ToolCallFormat) -> ToolCallFormat:
+    """A format from its name ("xml" or "hermes"), from a mapping of its name and options (as
+    a recipe writes it: `{name: xml, body_prefix: " "}`), or a format object (returned as is)."""
+    options: dict[str, Any] = {}
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        spec = options.pop("name", "xml")
     if not isinstance(spec, str):
         return spec
     formats = {"xml": XmlFormat, "hermes": HermesFormat}
     if spec not in formats:
         raise ValueError(f"unknown tool-call format {spec!r}; use one of {sorted(formats)} or a ToolCallFormat object")
-    return formats[spec]()
+    fields = {f.name for f in dataclasses.fields(formats[spec])}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for the {spec!r} tool-call format; "
+                         f"valid options: {sorted(fields)}")
+    return formats[spec](**options)

@@ -41,7 +41,7 @@ import asyncio
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, SupportsFloat, Union
+from typing import Any, Callable, Mapping, Sequence, SupportsFloat, Union
 
 import numpy as np
 
@@ -112,7 +112,8 @@ class ToolEnv(TextEnv):
         tasks: a sequence of `Task` (reset picks one with the seeded RNG, or
             `options={"task_index": i}`) or a function `rng -> Task`.
         reward_fn: scores the episode when it ends.
-        call_format: "xml", "hermes" or a `ToolCallFormat`.
+        call_format: "xml", "hermes", a mapping of a format name and its options (e.g.
+            `{"name": "xml", "body_prefix": " "}`, as a recipe writes it) or a `ToolCallFormat`.
         max_turns: turns per episode.
         max_tool_calls: tool calls per episode; later calls are refused (`invalid/tool_budget`).
         max_calls_per_turn: more calls than this in one turn is an invalid action.
@@ -128,7 +129,7 @@ class ToolEnv(TextEnv):
         tasks: TaskSource,
         reward_fn: RewardFn,
         *,
-        call_format: str | ToolCallFormat = "xml",
+        call_format: str | Mapping[str, Any] | ToolCallFormat = "xml",
         max_turns: int = 4,
         max_tool_calls: int = 8,
         max_calls_per_turn: int = 3,

@@ -158,3 +158,19 @@ def test_get_format_rejects_unknown_names():
     assert isinstance(get_format("hermes"), HermesFormat)
     with pytest.raises(ValueError, match="unknown tool-call format 'json'"):
         get_format("json")
+
+
+def test_xml_body_prefix_renders_a_spaced_body_and_parses_either_form():
+    spaced = get_format({"name": "xml", "body_prefix": " "})
+    assert isinstance(spaced, XmlFormat) and spaced.body_prefix == " "
+    call = spaced.render_call("search", {"query": "Kunufu"}, TOOLS)
+    assert call == "<search> Kunufu</search>"
+    assert spaced.render_answer("Sedol") == "<answer> Sedol</answer>"
+    for text in (call, "<search>Kunufu</search>"):
+        assert spaced.parse(text, TOOLS).calls[0].arguments == {"query": "Kunufu"}
+    assert spaced.parse("<answer> Sedol</answer>", TOOLS).answer == "Sedol"
+
+
+def test_get_format_names_an_unknown_option():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['prefix'\].*valid options: .*body_prefix"):
+        get_format({"name": "xml", "prefix": " "})

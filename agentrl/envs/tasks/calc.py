@@ -9,7 +9,7 @@ The reward is 1 for the exact integer (commas and spaces ignored), else 0.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class Calc(ToolEnv):
         num_operands: int = 3,
         sandbox_backend: str = "auto",
         pool: Any = None,
-        call_format: str = "xml",
+        call_format: str | Mapping[str, Any] = "xml",
         max_turns: int = 3,
         max_tool_calls: int = 2,
         call_timeout: float = 30.0,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from typing import Any, Mapping
 
 from agentrl.envs.parsing import strip_code_fence
 from agentrl.envs.tasks.code_problems import PROBLEMS, Problem
@@ -82,7 +82,7 @@ class Code(ToolEnv):
         sandbox_backend: str = "auto",
         pool: Any = None,
         code_timeout: float = 5.0,
-        call_format: str = "xml",
+        call_format: str | Mapping[str, Any] = "xml",
         max_turns: int = 4,
         max_tool_calls: int = 3,
         call_timeout: float = 30.0,

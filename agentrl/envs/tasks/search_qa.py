@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -139,7 +139,7 @@ class SearchQA(ToolEnv):
         retriever_url: str | None = None,
         with_python: bool = False,
         sandbox_backend: str = "auto",
-        call_format: str = "xml",
+        call_format: str | Mapping[str, Any] = "xml",
         max_turns: int = 5,
         max_tool_calls: int = 6,
         call_timeout: float = 30.0,
