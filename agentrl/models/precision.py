@@ -28,7 +28,12 @@ def bf16_is_fast(device: str | torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        # oneDNN's own check (AVX512-BF16 or AMX); a private op, so a torch build without it
+        # counts as "not fast" rather than failing.
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
     return False
 
 
