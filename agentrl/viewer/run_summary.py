@@ -1,7 +1,8 @@
 """`agentrl view RUN_DIR`: what a run did, read back from its run directory.
 
 Shows, from the files every run writes (DESIGN.md 3.7): the recipe's key settings, the
-before/after evaluation table (`results.json`), a few rows of the training curves
+before/after evaluation table (`results.json`), the held-out evaluations run during training
+(`train.eval_every`), a few rows of the training curves
 (`metrics.jsonl`, evenly spaced over the iterations) and sampled trajectories of one
 iteration (`trajectories.jsonl`), with each message's role, the reward and whether it solved
 the task. Nothing is recomputed; a run still in progress can be viewed.
@@ -53,7 +54,11 @@ def view_run(run_dir: str | Path, console: Console | None = None, *, trajectorie
         k = int(results.pop("k", config.get("eval", {}).get("k", 5)))
         console.print(comparison_table(results, k))
 
-    rows = [r for r in read_metrics(run_dir) if "reward/mean" in r]
+    metrics = read_metrics(run_dir)
+    held_out = [r for r in metrics if "eval/success" in r]
+    if held_out:
+        console.print(_held_out_table(held_out))
+    rows = [r for r in metrics if "reward/mean" in r]
     if rows:
         console.print(_curve_table(rows, curve_rows))
     else:
@@ -79,6 +84,19 @@ def _header(run_dir: Path, config: dict[str, Any]) -> Text:
                 f"lr {train.get('lr')}, {train.get('iterations')} iterations\n")
     text.append(f"checkpoints: {', '.join(checkpoints) if checkpoints else 'none'}")
     return text
+
+
+def _held_out_table(rows: list[dict[str, Any]]) -> Table:
+    """The evaluations run during training (`train.eval_every`), one row per evaluation."""
+    keys = ["eval/success"] + sorted(k for k in rows[0] if k.startswith("eval/succ@")) + ["eval/mean_turns"]
+    table = Table(title="Held-out evaluation during training (train.eval_every)")
+    table.add_column("iteration", justify="right")
+    for key in keys:
+        table.add_column(key.removeprefix("eval/"), justify="right")
+    for row in rows:
+        table.add_row(str(row.get("step", "?")),
+                      *("-" if row.get(key) is None else f"{row[key]:.3f}" for key in keys))
+    return table
 
 
 def _curve_table(rows: list[dict[str, Any]], count: int) -> Table:

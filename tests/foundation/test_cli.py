@@ -69,6 +69,7 @@ def test_view_summarises_a_run_directory(tmp_path, tiny_model_dir):
     viewed = _run("view", str(tmp_path / "small"), "--trajectories", "1")
     assert viewed.returncode == 0, viewed.stderr
     for expected in ("agentrl/ArithmeticTryAgain-v0", "Held-out evaluation", "before RL", "after RL",
+                     "Held-out evaluation during training",
                      "Training curves", "iteration 3, group", "user: What is"):
         assert expected in viewed.stdout, (expected, viewed.stdout)
 
