@@ -45,7 +45,8 @@ def write_results(run_dir: Path, results: dict[str, dict[str, Any]], k: int) -> 
 def plot_reward_curve(run_dir: Path) -> Path | None:
     """reward/mean and rollout/success_rate per iteration (and held-out Succ@1 where evaluated
     during training), to reward_curve.png."""
-    rows = [r for r in read_metrics(run_dir) if "reward/mean" in r]
+    metrics = read_metrics(run_dir)
+    rows = [r for r in metrics if "reward/mean" in r]
     if not rows:
         return None
     import matplotlib
@@ -58,7 +59,7 @@ def plot_reward_curve(run_dir: Path) -> Path | None:
     ax.plot(steps, [r["reward/mean"] for r in rows], label="reward/mean")
     ax.plot(steps, [r["rollout/success_rate"] for r in rows], label="rollout/success_rate")
     # Held-out evaluations during training (train.eval_every), where there are any.
-    held_out = [r for r in read_metrics(run_dir) if "eval/succ@1" in r]
+    held_out = [r for r in metrics if "eval/succ@1" in r]
     if held_out:
         ax.plot([r["step"] for r in held_out], [r["eval/succ@1"] for r in held_out], "o--",
                 label="held-out succ@1")
