@@ -32,7 +32,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, Union
 
 import pydantic
 
@@ -332,7 +332,12 @@ class HermesFormat:
         return "\n".join(f"<{self.response_tag}>\n{r}\n</{self.response_tag}>" for r in results)
 
 
-def get_format(spec: str | Mapping[str, Any] | ToolCallFormat) -> ToolCallFormat:
+#: What `call_format` accepts: a format name, a mapping of a name and its options (as a recipe
+#: writes it), or a format object.
+FormatSpec = Union[str, Mapping[str, Any], ToolCallFormat]
+
+
+def get_format(spec: FormatSpec) -> ToolCallFormat:
     """A format from its name ("xml" or "hermes"), from a mapping of its name and options (as
     a recipe writes it: `{name: xml, body_prefix: " "}`), or a format object (returned as is)."""
     options: dict[str, Any] = {}

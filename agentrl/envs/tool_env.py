@@ -41,12 +41,12 @@ import asyncio
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, SupportsFloat, Union
+from typing import Any, Callable, Sequence, SupportsFloat, Union
 
 import numpy as np
 
 from agentrl.envs.base import TextEnv, make_info, to_text
-from agentrl.envs.parsing import ActionError, InvalidKind, ParsedAction, ToolCall, ToolCallFormat, get_format
+from agentrl.envs.parsing import ActionError, InvalidKind, ParsedAction, ToolCall, FormatSpec, get_format
 from agentrl.tools.base import Tool, ToolResult, ToolStatus, truncate
 from agentrl.tools.cache import ToolCache, call_key
 from agentrl.tools.runner import run_sync
@@ -129,7 +129,7 @@ class ToolEnv(TextEnv):
         tasks: TaskSource,
         reward_fn: RewardFn,
         *,
-        call_format: str | Mapping[str, Any] | ToolCallFormat = "xml",
+        call_format: FormatSpec = "xml",
         max_turns: int = 4,
         max_tool_calls: int = 8,
         max_calls_per_turn: int = 3,

@@ -9,10 +9,11 @@ The reward is 1 for the exact integer (commas and spaces ignored), else 0.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
+from agentrl.envs.parsing import FormatSpec
 from agentrl.envs.tool_env import Episode, Score, Task, ToolEnv
 from agentrl.tools.python import PythonTool
 
@@ -52,7 +53,7 @@ class Calc(ToolEnv):
         num_operands: int = 3,
         sandbox_backend: str = "auto",
         pool: Any = None,
-        call_format: str | Mapping[str, Any] = "xml",
+        call_format: FormatSpec = "xml",
         max_turns: int = 3,
         max_tool_calls: int = 2,
         call_timeout: float = 30.0,

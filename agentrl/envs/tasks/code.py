@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Mapping
+from typing import Any
 
-from agentrl.envs.parsing import strip_code_fence
+from agentrl.envs.parsing import FormatSpec, strip_code_fence
 from agentrl.envs.tasks.code_problems import PROBLEMS, Problem
 from agentrl.envs.tool_env import Episode, Score, Task, ToolEnv
 from agentrl.tools.python import PythonTool
@@ -82,7 +82,7 @@ class Code(ToolEnv):
         sandbox_backend: str = "auto",
         pool: Any = None,
         code_timeout: float = 5.0,
-        call_format: str | Mapping[str, Any] = "xml",
+        call_format: FormatSpec = "xml",
         max_turns: int = 4,
         max_tool_calls: int = 3,
         call_timeout: float = 30.0,

@@ -22,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
-from typing import Any, Callable, Literal, Mapping
+from typing import Callable, Literal
 
 import numpy as np
 
+from agentrl.envs.parsing import FormatSpec
 from agentrl.envs.tasks.qa_reward import RewardMode, qa_reward
 from agentrl.envs.tasks.world import Question, World, WorldConfig, make_world
 from agentrl.envs.tool_env import Task, ToolEnv
@@ -139,7 +140,7 @@ class SearchQA(ToolEnv):
         retriever_url: str | None = None,
         with_python: bool = False,
         sandbox_backend: str = "auto",
-        call_format: str | Mapping[str, Any] = "xml",
+        call_format: FormatSpec = "xml",
         max_turns: int = 5,
         max_tool_calls: int = 6,
         call_timeout: float = 30.0,

@@ -14,8 +14,9 @@ The browser may open only this server (`allow_hosts=["127.0.0.1:PORT"]`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
+from agentrl.envs.parsing import FormatSpec
 from agentrl.envs.tasks.qa_reward import RewardMode, qa_reward
 from agentrl.envs.tasks.search_qa import Split, split_questions, world_index
 from agentrl.envs.tasks.world import World, WorldConfig, make_world
@@ -65,7 +66,7 @@ class WebQA(ToolEnv):
         max_hops: int = 3,
         reward: RewardMode = "em",
         lines_per_page: int = 20,
-        call_format: str | Mapping[str, Any] = "xml",
+        call_format: FormatSpec = "xml",
         max_turns: int = 7,
         max_tool_calls: int = 8,
         call_timeout: float = 30.0,
