@@ -125,6 +125,9 @@ class SFTConfig(_Section):
     #: from the env's feedback (mistaken turns are context, not targets). Needs the env's
     #: `mistaken_action()`.
     mistake_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    #: Merged into env.kwargs for the demonstrations only (e.g. {max_hops: 2}: demonstrate the
+    #: short tasks, train and evaluate on all).
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class EvalConfig(_Section):

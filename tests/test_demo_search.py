@@ -45,3 +45,40 @@ def test_demo_evaluates_on_worlds_never_trained_on():
         assert env.unwrapped.tool_specs == () and "<search>" in env.unwrapped.system_prompt
     finally:
         env.close()
+
+
+def test_sft_env_kwargs_change_only_the_demonstrations(monkeypatch, tmp_path):
+    from rich.console import Console
+
+    from agentrl.training import run
+
+    config = load_config(None, demo_overrides("search") + ["sft.env_kwargs={max_hops: 1}"])
+
+    def hops_of(make_env, seeds=range(30)):
+        env = make_env()
+        try:
+            found = set()
+            for seed in seeds:
+                env.reset(seed=seed)
+                found.add(env.unwrapped.episode.task.data["hops"])
+            return found
+        finally:
+            env.close()
+
+    assert hops_of(env_factory(config, demonstrations=True)) == {1}
+    assert hops_of(env_factory(config)) == {1, 2, 3}
+    assert hops_of(env_factory(config, evaluation=True)) == {1, 2, 3}
+
+    class Collected(Exception):
+        pass
+
+    def collect(make_env, seeds, tokenizer, **kwargs):  # stops the warm-up once it has its env
+        raise Collected(hops_of(make_env, seeds[:30]))
+
+    monkeypatch.setattr(run, "collect_demonstrations", collect)
+    try:
+        run._sft(config, tmp_path, model=None, tokenizer=None, console=Console(quiet=True))
+    except Collected as done:
+        assert done.args[0] == {1}
+    else:
+        raise AssertionError("the warm-up did not write demonstrations")

@@ -50,10 +50,12 @@ class RunDirectoryExists(RuntimeError):
     """A run directory with checkpoints exists and --resume was not given."""
 
 
-def env_factory(config: Config, *, evaluation: bool = False) -> Callable[[], Any]:
+def env_factory(config: Config, *, evaluation: bool = False,
+                demonstrations: bool = False) -> Callable[[], Any]:
     """A zero-argument constructor of the recipe's env (raises UnknownEnvError early).
 
-    With `evaluation=True` the eval section's env kwargs (e.g. a held-out split) are merged in.
+    With `evaluation=True` the eval section's env kwargs (e.g. a held-out split) are merged in;
+    with `demonstrations=True` the sft section's (e.g. only short tasks for the warm-up).
     """
     for module in config.env.imports:
         if "" not in sys.path:
@@ -62,6 +64,8 @@ def env_factory(config: Config, *, evaluation: bool = False) -> Callable[[], Any
     env_id, kwargs = config.env.id, dict(config.env.kwargs)
     if evaluation:
         kwargs.update(config.eval.env_kwargs)
+    if demonstrations:
+        kwargs.update(config.sft.env_kwargs)
     make_registered_env(env_id, **kwargs).close()
     return lambda: make_registered_env(env_id, **kwargs)
 
@@ -92,7 +96,7 @@ def run_training(config: Config, *, resume: bool = False, console: Console | Non
             console.print(f"[dim]SFT warm-up already done: loading {sft_dir}[/dim]")
             model, tokenizer = load_model(sft_dir, dtype=_DTYPES[config.model.dtype], device=config.model.device)
         else:
-            _sft(config, run_dir, model, tokenizer, make_env, console)
+            _sft(config, run_dir, model, tokenizer, console)
             model.save_pretrained(sft_dir)
             tokenizer.save_pretrained(sft_dir)
 
@@ -133,8 +137,9 @@ def _policy(config: Config, run_dir: Path, make_env: Callable[[], Any], console:
     return load_model(init_dir, dtype=dtype, device=device)
 
 
-def _sft(config: Config, run_dir: Path, model, tokenizer, make_env, console: Console) -> None:
+def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console) -> None:
     scfg = config.sft
+    make_env = env_factory(config, demonstrations=True)
     seeds = range(scfg.seed_offset, scfg.seed_offset + scfg.demos)
     with console.status(f"Writing {scfg.demos} oracle demonstrations"):
         demos = collect_demonstrations(make_env, seeds, tokenizer,
@@ -228,7 +233,7 @@ def run_sft_only(config: Config, *, console: Console | None = None) -> Path:
     (run_dir / "config.yaml").write_text(dump_config(config))
     make_env = env_factory(config)
     model, tokenizer = _policy(config, run_dir, make_env, console)
-    _sft(config, run_dir, model, tokenizer, make_env, console)
+    _sft(config, run_dir, model, tokenizer, console)
     out = run_dir / "sft_model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -235,6 +235,31 @@ def test_search_qa_per_episode_oracle_solves_every_hop_count():
         assert only_two.episode.task.data["hops"] == 2
 
 
+def test_search_qa_question_mix_by_templates_balances_the_relations():
+    def template_counts(env, seeds=range(700)):
+        counts: dict[str, int] = {}
+        for seed in seeds:
+            env.reset(seed=seed)
+            template = env.episode.task.data["template"]
+            counts[template] = counts.get(template, 0) + 1
+        return counts
+
+    by_hops = template_counts(_episode_world_env())
+    by_templates = template_counts(_episode_world_env(question_mix="templates"))
+    # By hops, the only 3-hop template is a third of the questions; by templates, a seventh.
+    assert 0.28 <= by_hops["employer_country"] / 700 <= 0.39
+    assert len(by_templates) == 7
+    assert all(70 <= n <= 130 for n in by_templates.values()), by_templates
+    env = _episode_world_env(question_mix="templates")
+    for seed in range(14):  # the oracle still solves every question it is asked
+        reward, info = _play_oracle(env, seed=seed)
+        assert info["success"] and reward == 1.0
+    one_hop = template_counts(_episode_world_env(question_mix="templates", max_hops=1), range(60))
+    assert set(one_hop) == {"born", "employer", "city_country"}
+    with pytest.raises(ValueError, match="question_mix must be"):
+        _episode_world_env(question_mix="uniform")
+
+
 def test_search_qa_per_episode_held_out_seeds_share_no_world_with_training():
     env = _episode_world_env()
 

@@ -39,6 +39,7 @@ from agentrl.tools.search import SearchTool
 
 Split = Literal["train", "test", "all"]
 Worlds = Literal["fixed", "per_episode"]
+QuestionMix = Literal["hops", "templates"]
 SYSTEM_PROMPT = "Answer the question. Look facts up with the tools, one call per turn.\n{tools}"
 TEST_FRACTION = 0.2
 #: Entity counts of the worlds: one large fixed world, or a small one per episode (21 passages;
@@ -103,6 +104,11 @@ class SearchQA(ToolEnv):
             held-out seeds (the recipe's `eval.seed_offset`) test the skill of searching and
             copying names, not recall. `split` and `world_seed` do not apply. `self.world` is
             the current episode's world; forks keep it.
+        question_mix: how a per-episode world picks its question. "hops" (default): a number
+            of hops uniformly, then a question with that many hops; the one 3-hop template is
+            then a third of all questions. "templates": a question template uniformly (the
+            seven of `agentrl.envs.tasks.world`, those within `min_hops..max_hops`), so each
+            relation a question can ask about is asked as often as the others.
         world_seed, num_countries, num_cities, num_companies, num_people: the generated world
             (the counts default to `FIXED_WORLD` or, per episode, to the smaller `EPISODE_WORLD`).
         name_pool: name the entities from a shared list of this many names (`WorldConfig.
@@ -132,6 +138,7 @@ class SearchQA(ToolEnv):
         split: Split = "train",
         min_hops: int = 1,
         max_hops: int = 3,
+        question_mix: QuestionMix = "hops",
         reward: RewardMode = "em",
         topk: int = 3,
         corpus_path: str | None = None,
@@ -178,8 +185,11 @@ class SearchQA(ToolEnv):
             if worlds == "per_episode":
                 if not 1 <= min_hops <= max_hops <= 3:
                     raise ValueError(f"need 1 <= min_hops <= max_hops <= 3, got {min_hops} and {max_hops}")
+                if question_mix not in ("hops", "templates"):
+                    raise ValueError(f"question_mix must be 'hops' or 'templates', got {question_mix!r}")
                 self._episode_world = config
                 self._hops = (min_hops, max_hops)
+                self._question_mix = question_mix
                 tasks = self._episode_task
             else:
                 tasks = world_tasks(self.world, split, max_hops=max_hops, min_hops=min_hops)
@@ -212,8 +222,14 @@ class SearchQA(ToolEnv):
         self.world = make_world(config)
         search = self.tools["search"]
         self.tools = {**self.tools, "search": SearchTool(world_index(config), topk=search.topk)}
-        hops = int(rng.integers(self._hops[0], self._hops[1] + 1))
-        questions = [q for q in self.world.questions() if q.hops == hops]
+        asked = [q for q in self.world.questions() if self._hops[0] <= q.hops <= self._hops[1]]
+        if self._question_mix == "templates":
+            templates = sorted({q.template for q in asked})
+            template = templates[int(rng.integers(len(templates)))]
+            questions = [q for q in asked if q.template == template]
+        else:
+            hops = int(rng.integers(self._hops[0], self._hops[1] + 1))
+            questions = [q for q in asked if q.hops == hops]
         return question_task(questions[int(rng.integers(len(questions)))], id_prefix=f"w{world_seed}:")
 
     def fork(self) -> "SearchQA":
