@@ -52,7 +52,8 @@ class Completion:
 
     `logprobs[i]` is the log-probability of `token_ids[i]` under the sampling distribution
     (after temperature, before top-p truncation), so that it matches a fresh forward pass of
-    the same weights at the same temperature.
+    the same weights at the same temperature. `prompt_cached_tokens` counts the prompt tokens
+    the generator took from its prefix cache instead of computing them again.
     """
 
     token_ids: list[int]
@@ -61,6 +62,7 @@ class Completion:
     text: str = ""
     stop_string: str | None = None
     top_logprobs: list[list[float]] | None = None
+    prompt_cached_tokens: int = 0
 
 
 @dataclass

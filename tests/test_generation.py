@@ -231,6 +231,72 @@ def test_bad_requests_are_refused(model_and_tokenizer, prompts):
         gen.generate([[10**6]], SamplingParams())
     assert gen.generate([], SamplingParams()) == []
     assert isinstance(gen, Generator)
+    with pytest.raises(ValueError, match="prefix_cache_tokens"):
+        HFGenerator(model, tok, prefix_cache_tokens=-1)
+
+
+# --- prefix cache: the next turn prefills only what follows the last prompt + completion ---
+
+
+def _next_turn_prompts(tok, prompts, completions):
+    """What a rollout sends next: each prompt + its completion + an observation."""
+    observation = tok.encode("\n<|im_start|>user\nno.<|im_end|>\n", add_special_tokens=False)
+    return [p + c.token_ids + observation for p, c in zip(prompts, completions)]
+
+
+def test_prefix_cache_reuses_the_last_turn_and_matches_a_fresh_forward(model_and_tokenizer, prompts):
+    model, tok = model_and_tokenizer
+    params = SamplingParams(temperature=0.0, max_new_tokens=6)
+    cached = HFGenerator(model, tok, max_batch_size=2)  # micro-batches mix hits and misses
+    plain = HFGenerator(model, tok, max_batch_size=2, prefix_cache_tokens=0)
+    with cached.prefix_cache():
+        first = cached.generate(prompts[:3], params)
+        assert cached.reused_prompt_tokens == 0
+        # Three continued prompts and two never seen (misses, prefilled whole).
+        second_prompts = _next_turn_prompts(tok, prompts[:3], first) + prompts[3:]
+        second = cached.generate(second_prompts, params)
+    expected_reuse = sum(len(p) + len(c.token_ids) - 1 for p, c in zip(prompts[:3], first))
+    assert cached.reused_prompt_tokens == expected_reuse
+    assert [c.prompt_cached_tokens for c in second] == [
+        len(p) + len(c.token_ids) - 1 for p, c in zip(prompts[:3], first)] + [0, 0]
+    reference = plain.generate(second_prompts, params)
+    assert plain.reused_prompt_tokens == 0
+    for prompt, c, ref in zip(second_prompts, second, reference):
+        assert c.token_ids == ref.token_ids
+        logp = fresh_logprobs(model, prompt, c.token_ids, temperature=1.0)
+        assert torch.allclose(torch.tensor(c.logprobs), logp.max(-1).values, atol=1e-4)
+
+
+def test_prefix_cache_only_inside_its_block(model_and_tokenizer, prompts):
+    model, tok = model_and_tokenizer
+    gen = HFGenerator(model, tok)
+    params = SamplingParams(temperature=0.0, max_new_tokens=4)
+    first = gen.generate(prompts, params)  # outside any block: nothing is kept
+    with gen.prefix_cache():
+        gen.generate(_next_turn_prompts(tok, prompts, first), params)
+        assert gen.reused_prompt_tokens == 0
+        with gen.prefix_cache():  # a nested block shares the outer one's entries
+            gen.generate(prompts, params)
+        inner = gen.generate(prompts, params)
+    assert gen.reused_prompt_tokens == 0, "a prompt equal to a cached one is not a continuation"
+    gen.generate(_next_turn_prompts(tok, prompts, inner), params)  # the block has ended
+    assert gen.reused_prompt_tokens == 0
+
+
+def test_prefix_cache_drops_the_oldest_entries_beyond_its_budget(model_and_tokenizer, prompts):
+    model, tok = model_and_tokenizer
+    params = SamplingParams(temperature=0.0, max_new_tokens=3)
+    short, long_ = sorted(prompts[:2], key=len)
+    # Room for the longer sequence alone: the second remembered row pushes the first out.
+    budget = len(long_) + 2
+    gen = HFGenerator(model, tok, prefix_cache_tokens=budget)
+    with gen.prefix_cache():
+        a = gen.generate([short], params)
+        b = gen.generate([long_], params)
+        gen.generate(_next_turn_prompts(tok, [long_], b), params)
+        assert gen.reused_prompt_tokens == len(long_) + len(b[0].token_ids) - 1
+        gen.generate(_next_turn_prompts(tok, [short], a), params)
+        assert gen.reused_prompt_tokens == len(long_) + len(b[0].token_ids) - 1  # evicted: a miss
 
 
 # --- OpenAI-compatible client against a real HTTP server on loopback --------------------------

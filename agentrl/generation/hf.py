@@ -14,9 +14,19 @@ How a call runs:
 3. One prefill pass fills the cache; then each step samples one token per row, records its
    log-prob, checks EOS / stop strings / length, drops finished rows from the batch and cache,
    and feeds the new tokens back.
+
+Multi-turn rollouts call the generator once per turn, and an episode's next prompt is its last
+prompt and completion plus the observation. Inside `with generator.prefix_cache():` (the rollout
+engine opens one per run) the keys and values of every finished row are kept, and a later
+prompt that continues one of them prefills only its new tokens: the cached rows are laid out
+left-padded in front of the new tokens, and the attention mask hides both paddings.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -34,6 +44,8 @@ class HFGenerator:
     turns EOS stopping off (rows then end only at a stop string or the length limit).
     `autocast` (e.g. torch.bfloat16) runs the forward passes under `torch.autocast` to that
     dtype; the trainer must use the same setting so that behaviour log-probs match its own.
+    `prefix_cache_tokens` bounds the tokens whose keys and values `prefix_cache()` keeps (the
+    oldest go first); 0 turns the prefix cache off.
     """
 
     def __init__(
@@ -45,9 +57,19 @@ class HFGenerator:
         device: str | torch.device | None = None,
         eos_token_ids: list[int] | None = None,
         autocast: torch.dtype | None = None,
+        prefix_cache_tokens: int = 131_072,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}.")
+        if prefix_cache_tokens < 0:
+            raise ValueError(f"prefix_cache_tokens must be >= 0 (0 = off), got {prefix_cache_tokens}.")
+        self.prefix_cache_tokens = prefix_cache_tokens
+        # token ids of a sequence -> per layer (keys [heads, len, dim], values), while a
+        # prefix_cache() block is open; None outside one.
+        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._cached_tokens = 0
+        #: prompt tokens taken from the prefix cache instead of being prefilled, since creation
+        self.reused_prompt_tokens = 0
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -80,6 +102,69 @@ class HFGenerator:
             ids.update(int(i) for i in config_eos)
         return ids
 
+    @contextmanager
+    def prefix_cache(self) -> Iterator["HFGenerator"]:
+        """Reuse keys and values across calls inside this block (multi-turn rollouts).
+
+        Within the block, the keys and values of every prompt + completion the generator
+        finishes are kept, and a later prompt that continues one of them (the next turn of the
+        same episode, or a branch forked from it) prefills only the tokens after it. The
+        cached values belong to the weights that computed them: do not change the weights
+        inside the block. Leaving the block drops every entry; nested blocks share the
+        outer one.
+        """
+        if self._prefixes is not None or self.prefix_cache_tokens == 0:
+            yield self
+            return
+        self._prefixes, self._cached_tokens = OrderedDict(), 0
+        try:
+            yield self
+        finally:
+            self._prefixes, self._cached_tokens = None, 0
+
+    def _lookup_all(self, prompts: list[list[int]]) -> list[tuple[int, list | None]]:
+        """For each prompt, the longest cached sequence it continues (at least one new token).
+
+        An entry that was continued leaves the cache (the longer sequence is remembered when
+        its row finishes), so the cache holds about one entry per live episode; branches of
+        one episode continue it within the same call and all find it.
+        """
+        if not self._prefixes:
+            return [(0, None)] * len(prompts)
+        lengths = sorted({len(key) for key in self._prefixes}, reverse=True)
+        found: list[tuple[int, list | None]] = []
+        used: set[tuple[int, ...]] = set()
+        for prompt in prompts:
+            hit: tuple[int, list | None] = (0, None)
+            for length in lengths:
+                if length < len(prompt):
+                    key = tuple(prompt[:length])
+                    entry = self._prefixes.get(key)
+                    if entry is not None:
+                        used.add(key)
+                        hit = (length, entry)
+                        break
+            found.append(hit)
+        for key in used:
+            del self._prefixes[key]
+            self._cached_tokens -= len(key)
+        return found
+
+    def _remember(self, sequence: list[int], cache: DynamicCache, attention_mask: torch.Tensor, j: int) -> None:
+        """Keep row j's keys and values (its real positions) under the tokens they encode."""
+        if self._prefixes is None or len(sequence) > self.prefix_cache_tokens:
+            return
+        real = attention_mask[j].nonzero().squeeze(-1)
+        entry = [(layer.keys[j][:, real], layer.values[j][:, real]) for layer in cache.layers]
+        key = tuple(sequence)
+        if key in self._prefixes:
+            self._cached_tokens -= len(key)
+        self._prefixes[key] = entry
+        self._cached_tokens += len(key)
+        while self._cached_tokens > self.prefix_cache_tokens:
+            oldest, _ = self._prefixes.popitem(last=False)
+            self._cached_tokens -= len(oldest)
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         """Sample one completion per prompt; see `agentrl.generation.Generator` for the contract."""
         _check_params(prompts, params, vocab_size=self.model.config.vocab_size)
@@ -91,9 +176,10 @@ class HFGenerator:
         else:
             rng.manual_seed(params.seed)
 
+        cached = self._lookup_all(prompts)
         # Sorting (stable, so ties keep their order and the result is deterministic) groups
-        # prompts of similar length into the same micro-batch.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        # prompts with a similar number of tokens to prefill into the same micro-batch.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) - cached[i][0])
         results: list[Completion | None] = [None] * len(prompts)
         was_training = self.model.training
         self.model.eval()
@@ -101,7 +187,8 @@ class HFGenerator:
             with torch.no_grad(), autocast_to(self.device, self.autocast):
                 for start in range(0, len(order), self.max_batch_size):
                     rows = order[start : start + self.max_batch_size]
-                    batch = self._generate_batch([prompts[i] for i in rows], params, rng)
+                    batch = self._generate_batch([prompts[i] for i in rows], [cached[i] for i in rows],
+                                                 params, rng)
                     for i, completion in zip(rows, batch):
                         results[i] = completion
         finally:
@@ -109,23 +196,37 @@ class HFGenerator:
         return [c for c in results if c is not None]
 
     def _generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams, rng: torch.Generator
+        self,
+        prompts: list[list[int]],
+        cached: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]],
+        params: SamplingParams,
+        rng: torch.Generator,
     ) -> list[Completion]:
         n = len(prompts)
-        width = max(len(p) for p in prompts)
+        # Row layout: [padding | cached prefix | padding | new tokens]. The cache holds the
+        # first part, the prefill pass feeds the second; with no cached rows it is plain
+        # left padding.
+        past = max(length for length, _ in cached)
+        new = [prompt[length:] for prompt, (length, _) in zip(prompts, cached)]
+        width = max(len(tokens) for tokens in new)
         input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[row, width - len(prompt) :] = 1
+        attention_mask = torch.zeros((n, past + width), dtype=torch.long)
+        for row, (tokens, (length, _)) in enumerate(zip(new, cached)):
+            input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            attention_mask[row, past - length : past] = 1
+            attention_mask[row, past + width - len(tokens) :] = 1
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
-        # Positions count real tokens only, so a left-padded row sees the positions it would
-        # see unpadded (padding gets position 0; it is masked anyway).
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # Positions count real tokens only, so a padded row sees the positions it would see
+        # unpadded (padding gets position 0; it is masked anyway).
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
         next_position = torch.tensor([len(p) for p in prompts], device=self.device)
 
         cache = DynamicCache(config=self.model.config)
+        if past:
+            self.reused_prompt_tokens += sum(length for length, _ in cached)
+            for layer, (keys, values) in enumerate(_stack_prefixes(cached, past, self.device)):
+                cache.update(keys, values, layer)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -152,6 +253,7 @@ class HFGenerator:
             top_list = top.tolist() if top is not None else None
 
             keep: list[int] = []
+            ended: list[int] = []
             for j, row in enumerate(active):
                 tokens[row].append(next_list[j])
                 logprobs[row].append(chosen_list[j])
@@ -159,6 +261,7 @@ class HFGenerator:
                     tops[row].append(top_list[j])
                 if next_list[j] in self.eos_token_ids:
                     finish[row] = "eos"
+                    ended.append(j)
                     continue
                 if stop_window:
                     tail = self.tokenizer.decode(
@@ -169,9 +272,13 @@ class HFGenerator:
                     matched = next((s for s in params.stop if s in tail), None)
                     if matched is not None:
                         finish[row], stop_strings[row] = "stop", matched
+                        ended.append(j)
                         continue
                 keep.append(j)
-            if not keep or step == params.max_new_tokens - 1:
+            last = not keep or step == params.max_new_tokens - 1
+            for j in ended + (keep if last else []):
+                self._remember(prompts[active[j]] + tokens[active[j]][:-1], cache, attention_mask, j)
+            if last:
                 break  # the rows still in `keep` finish with "length"
 
             if len(keep) < len(active):
@@ -203,9 +310,27 @@ class HFGenerator:
                 text=self.tokenizer.decode(tokens[row], skip_special_tokens=False),
                 stop_string=stop_strings[row],
                 top_logprobs=tops[row] if params.top_logprobs > 0 else None,
+                prompt_cached_tokens=cached[row][0],
             )
             for row in range(n)
         ]
+
+
+def _stack_prefixes(
+    cached: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]], past: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the batch's cached keys and values [rows, heads, past, dim], left-padded."""
+    template = next(entry for _, entry in cached if entry is not None)
+    stacked = []
+    for layer, (keys0, values0) in enumerate(template):
+        keys = keys0.new_zeros((len(cached), keys0.shape[0], past, keys0.shape[-1]), device=device)
+        values = values0.new_zeros((len(cached), values0.shape[0], past, values0.shape[-1]), device=device)
+        for row, (length, entry) in enumerate(cached):
+            if entry is not None:
+                keys[row, :, past - length :] = entry[layer][0]
+                values[row, :, past - length :] = entry[layer][1]
+        stacked.append((keys, values))
+    return stacked
 
 
 def _sample(

@@ -16,6 +16,7 @@ Generator protocol; the token-space conversation is built by `ChatTemplater`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import defaultdict
@@ -105,16 +106,21 @@ class RolloutEngine:
         episodes = strategy.start(len(tasks), spawn)
         reset_time = time.perf_counter() - started
 
+        # Every turn's prompt continues the episode's previous prompt and completion, so a
+        # generator that keeps their keys and values (HFGenerator.prefix_cache) prefills only
+        # what the env appended. The weights do not change during a run.
+        prefix_cache = getattr(self.generator, "prefix_cache", None) if policy is None else None
         try:
-            active = [e for e in episodes if not e.done]
-            while active:
-                taken = self._round(active, params, budgets, act)
-                new = strategy.after_round(taken, spawn)
-                for branch in new:
-                    if branch.traj_id >= counters[branch.group_id]:
-                        counters[branch.group_id] = branch.traj_id + 1
-                episodes.extend(new)
+            with prefix_cache() if prefix_cache is not None else contextlib.nullcontext():
                 active = [e for e in episodes if not e.done]
+                while active:
+                    taken = self._round(active, params, budgets, act)
+                    new = strategy.after_round(taken, spawn)
+                    for branch in new:
+                        if branch.traj_id >= counters[branch.group_id]:
+                            counters[branch.group_id] = branch.traj_id + 1
+                    episodes.extend(new)
+                    active = [e for e in episodes if not e.done]
         finally:
             if close_envs:
                 for episode in episodes:
@@ -170,7 +176,9 @@ class RolloutEngine:
             actions.append(self._action_text(completion))
             budget = budgets[episode.group_id]
             budget["tokens/generated"] += len(completion.token_ids)
-            budget["tokens/prompt_processed"] += len(episode.token_ids) - len(completion.token_ids)
+            budget["tokens/prompt_processed"] += (len(episode.token_ids) - len(completion.token_ids)
+                                                  - completion.prompt_cached_tokens)
+            budget["tokens/prompt_cached"] += completion.prompt_cached_tokens
             budget["time/generate"] += generate_time / len(active)
 
         t1 = time.perf_counter()

@@ -250,6 +250,7 @@ class RLTrainer:
             "perf/env_s": float(budget["time/env"]),
             "perf/tokens_per_s": budget["tokens/generated"] / max(rollout_time, 1e-9),
             "perf/prompt_tokens_processed": float(budget["tokens/prompt_processed"]),
+            "perf/prompt_tokens_cached": float(budget["tokens/prompt_cached"]),
         }
 
     # --- advantages --------------------------------------------------------------------------

@@ -91,6 +91,23 @@ def test_behaviour_logprobs_equal_a_fresh_forward_pass(policy):
     diff = ((fresh - batch.old_logprobs).abs() * batch.loss_mask).max().item()
     assert diff < 1e-4
     assert batch.loss_mask.sum() > 0
+    # Later turns came from the prefix cache (only the observations were prefilled).
+    cached = sum(g.budget["tokens/prompt_cached"] for g in groups)
+    assert cached == generator.reused_prompt_tokens > 0
+
+
+def test_the_prefix_cache_changes_no_token_of_a_rollout(policy):
+    model, tokenizer = policy
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=12)
+    runs = {}
+    for budget in (0, 100_000):
+        generator = HFGenerator(model, tokenizer, max_batch_size=5, prefix_cache_tokens=budget)
+        with RolloutEngine(generator, tokenizer, sampling) as engine:
+            groups = engine.run(_multi_turn_env, [{"seed": s} for s in range(6)], ChainStrategy(2))
+        runs[budget] = [t.token_ids for g in groups for t in g.trajectories]
+        assert (generator.reused_prompt_tokens > 0) == (budget > 0)
+    assert max(len(ids) for ids in runs[0]) > 40
+    assert runs[100_000] == runs[0]
 
 
 def test_groups_share_the_task_and_report_budgets(policy):

@@ -1,0 +1,131 @@
+"""Multi-turn rollouts with and without the HF generator's prefix cache, side by side.
+
+Every turn of a multi-turn episode sends the generator the whole conversation so far. Without
+the prefix cache each turn prefills all of it again; with it (`HFGenerator.prefix_cache`, which
+the rollout engine opens for every run) a turn prefills only what the env appended since the
+episode's last completion. This benchmark rolls out the search demo's episodes (SearchQA,
+a new world per episode, up to 4 turns) with the same model twice per repeat, cache off then
+on, and reports the median rollout time of each and their ratio, with the prompt tokens that
+were prefilled and those taken from the cache.
+
+    python benchmarks/prefix_cache.py [--model runs/search/sft_model] [--tasks 16] [--group-size 4]
+
+Without `--model` it builds the demo's tiny model untrained (its actions are mostly invalid,
+so every episode runs all 4 turns); a warm-up model (the demo's `sft_model`) gives the
+demo's own episode lengths. Writes a JSON result and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from agentrl.config import load_config
+from agentrl.generation import HFGenerator
+from agentrl.models import build_tiny_model, load_model, resolve_autocast
+from agentrl.rollout import ChainStrategy, RolloutEngine
+from agentrl.training.corpus import env_corpus
+from agentrl.training.demos import demo_overrides
+from agentrl.training.run import env_factory
+from agentrl.types import SamplingParams
+
+
+def run_benchmark(model_path: Path | None, *, tasks: int, group_size: int, repeats: int) -> dict:
+    config = load_config(None, demo_overrides("search"))
+    make_env = env_factory(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        if model_path is None:
+            texts = env_corpus(make_env, range(1_000_000, 1_002_000))
+            model_path = build_tiny_model(texts, Path(tmp) / "tiny", seed=0)
+            label = "tiny, untrained"
+        else:
+            label = str(model_path)
+        model, tokenizer = load_model(model_path)
+    autocast = resolve_autocast(config.model.autocast, "cpu")
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=config.rollout.max_new_tokens, seed=0)
+    engines = {
+        name: RolloutEngine(HFGenerator(model, tokenizer, max_batch_size=128, autocast=autocast,
+                                        prefix_cache_tokens=budget),
+                            tokenizer, sampling, max_total_tokens=config.rollout.max_total_tokens)
+        for name, budget in (("off", 0), ("on", 131_072))
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in engines}
+    # Repeat 0 warms up kernels and allocator and is not counted.
+    for repeat in range(repeats + 1):
+        seeds = [{"seed": repeat * tasks + i} for i in range(tasks)]
+        for name, engine in engines.items():
+            started = time.perf_counter()
+            groups = engine.run(make_env, seeds, ChainStrategy(group_size))
+            seconds = time.perf_counter() - started
+            if repeat == 0:
+                continue
+            budget = {key: sum(g.budget.get(key, 0.0) for g in groups)
+                      for key in ("time/generate", "tokens/generated", "tokens/prompt_processed",
+                                  "tokens/prompt_cached")}
+            turns = sum(t.num_turns for g in groups for t in g.trajectories)
+            runs[name].append({"seconds": seconds, "turns": turns, **budget})
+    for engine in engines.values():
+        engine.close()
+
+    summary = {}
+    for name, rows in runs.items():
+        summary[name] = {
+            "rollout_s_median": statistics.median(r["seconds"] for r in rows),
+            "generate_s_median": statistics.median(r["time/generate"] for r in rows),
+            "prompt_tokens_prefilled_mean": statistics.mean(r["tokens/prompt_processed"] for r in rows),
+            "prompt_tokens_cached_mean": statistics.mean(r["tokens/prompt_cached"] for r in rows),
+            "turns_mean": statistics.mean(r["turns"] for r in rows),
+        }
+    return {
+        "benchmark": "prefix_cache",
+        "model": label,
+        "episodes_per_rollout": tasks * group_size,
+        "repeats": repeats,
+        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine()},
+        "summary": summary,
+        "speedup_rollout": summary["off"]["rollout_s_median"] / summary["on"]["rollout_s_median"],
+        "speedup_generate": summary["off"]["generate_s_median"] / summary["on"]["generate_s_median"],
+        "runs": runs,
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = ["| prefix cache | rollout s (median) | generate s (median) | prompt tokens prefilled | "
+             "prompt tokens from the cache | turns |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in result["summary"].items():
+        lines.append(f"| {name} | {row['rollout_s_median']:.2f} | {row['generate_s_median']:.2f} | "
+                     f"{row['prompt_tokens_prefilled_mean']:.0f} | {row['prompt_tokens_cached_mean']:.0f} | "
+                     f"{row['turns_mean']:.0f} |")
+    lines.append("")
+    lines.append(f"Rollout {result['speedup_rollout']:.2f}x, generation {result['speedup_generate']:.2f}x "
+                 f"faster with the cache ({result['episodes_per_rollout']} episodes per rollout, "
+                 f"{result['repeats']} repeats).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="a checkpoint (default: untrained tiny)")
+    parser.add_argument("--tasks", type=int, default=16)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/prefix_cache.json"))
+    args = parser.parse_args(argv)
+    result = run_benchmark(args.model, tasks=args.tasks, group_size=args.group_size, repeats=args.repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(format_table(result))
+    print(f"\nresult: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
