@@ -33,6 +33,11 @@ class Generator(Protocol):
     - With `params.top_logprobs = k > 0`, `top_logprobs[i]` holds the k largest log-probs at
       position i (same distribution as `logprobs`), largest first.
     - The same `params.seed` and the same prompts give the same completions.
+
+    Optional: a backend with a `prefix_cache()` context manager (HFGenerator) may reuse the
+    keys and values of earlier prompt + completion pairs inside it; `RolloutEngine.run` opens
+    one per run, while the weights cannot change. It then reports the reused prompt tokens in
+    `Completion.prompt_cached_tokens`.
     """
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:

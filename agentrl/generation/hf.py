@@ -152,7 +152,8 @@ class HFGenerator:
 
     def _remember(self, sequence: list[int], cache: DynamicCache, attention_mask: torch.Tensor, j: int) -> None:
         """Keep row j's keys and values (its real positions) under the tokens they encode."""
-        if self._prefixes is None or len(sequence) > self.prefix_cache_tokens:
+        assert self._prefixes is not None, "only inside prefix_cache()"
+        if len(sequence) > self.prefix_cache_tokens:
             return
         real = attention_mask[j].nonzero().squeeze(-1)
         entry = [(layer.keys[j][:, real], layer.values[j][:, real]) for layer in cache.layers]
@@ -276,8 +277,9 @@ class HFGenerator:
                         continue
                 keep.append(j)
             last = not keep or step == params.max_new_tokens - 1
-            for j in ended + (keep if last else []):
-                self._remember(prompts[active[j]] + tokens[active[j]][:-1], cache, attention_mask, j)
+            if self._prefixes is not None:  # inside prefix_cache(): keep what finished
+                for j in ended + (keep if last else []):
+                    self._remember(prompts[active[j]] + tokens[active[j]][:-1], cache, attention_mask, j)
             if last:
                 break  # the rows still in `keep` finish with "length"
 
