@@ -167,6 +167,9 @@ def test_each_objective_runs_a_multi_turn_iteration(tmp_path, tiny_model_dir, se
     trainer = RLTrainer(config, tmp_path / "objective", model, tokenizer, LowercaseTurns)
     metrics = trainer.train_iteration()
     assert metrics["rollout/turns_mean"] > 1.0
+    # Turns after the first reuse the episode's keys and values (the generator's prefix cache).
+    assert metrics["perf/prompt_tokens_cached"] > 0
+    assert metrics["perf/prompt_tokens_processed"] > 0
     assert np.isfinite(metrics["loss/total"]) and metrics["policy/optimizer_steps"] >= 1
     if settings.get("algorithm.kl_coef"):
         assert "loss/kl" in metrics
