@@ -50,11 +50,11 @@ def run_benchmark(model_path: Path | None, *, tasks: int, group_size: int, repea
         model, tokenizer = load_model(model_path)
     autocast = resolve_autocast(config.model.autocast, "cpu")
     sampling = SamplingParams(temperature=1.0, max_new_tokens=config.rollout.max_new_tokens, seed=0)
+    # "on" is the generator's default; "off" turns the cache off and nothing else.
     engines = {
-        name: RolloutEngine(HFGenerator(model, tokenizer, max_batch_size=128, autocast=autocast,
-                                        prefix_cache_tokens=budget),
+        name: RolloutEngine(HFGenerator(model, tokenizer, max_batch_size=128, autocast=autocast, **extra),
                             tokenizer, sampling, max_total_tokens=config.rollout.max_total_tokens)
-        for name, budget in (("off", 0), ("on", 131_072))
+        for name, extra in (("off", {"prefix_cache_tokens": 0}), ("on", {}))
     }
     runs: dict[str, list[dict]] = {name: [] for name in engines}
     # Repeat 0 warms up kernels and allocator and is not counted.

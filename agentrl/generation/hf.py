@@ -34,6 +34,9 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from agentrl.models.precision import autocast as autocast_to
 from agentrl.types import Completion, FinishReason, SamplingParams
 
+#: One cached sequence: per layer, (keys, values) of shape [kv heads, length, head dim].
+_KV = list[tuple[torch.Tensor, torch.Tensor]]
+
 
 class HFGenerator:
     """Batched sampling with a KV cache from a transformers causal LM in this process.
@@ -64,9 +67,9 @@ class HFGenerator:
         if prefix_cache_tokens < 0:
             raise ValueError(f"prefix_cache_tokens must be >= 0 (0 = off), got {prefix_cache_tokens}.")
         self.prefix_cache_tokens = prefix_cache_tokens
-        # token ids of a sequence -> per layer (keys [heads, len, dim], values), while a
-        # prefix_cache() block is open; None outside one.
-        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        # token ids of a sequence -> its keys and values, while a prefix_cache() block is
+        # open; None outside one.
+        self._prefixes: OrderedDict[tuple[int, ...], _KV] | None = None
         self._cached_tokens = 0
         #: prompt tokens taken from the prefix cache instead of being prefilled, since creation
         self.reused_prompt_tokens = 0
@@ -122,7 +125,7 @@ class HFGenerator:
         finally:
             self._prefixes, self._cached_tokens = None, 0
 
-    def _lookup_all(self, prompts: list[list[int]]) -> list[tuple[int, list | None]]:
+    def _lookup_all(self, prompts: list[list[int]]) -> list[tuple[int, _KV | None]]:
         """For each prompt, the longest cached sequence it continues (at least one new token).
 
         An entry that was continued leaves the cache (the longer sequence is remembered when
@@ -132,10 +135,10 @@ class HFGenerator:
         if not self._prefixes:
             return [(0, None)] * len(prompts)
         lengths = sorted({len(key) for key in self._prefixes}, reverse=True)
-        found: list[tuple[int, list | None]] = []
+        found: list[tuple[int, _KV | None]] = []
         used: set[tuple[int, ...]] = set()
         for prompt in prompts:
-            hit: tuple[int, list | None] = (0, None)
+            hit: tuple[int, _KV | None] = (0, None)
             for length in lengths:
                 if length < len(prompt):
                     key = tuple(prompt[:length])
@@ -199,7 +202,7 @@ class HFGenerator:
     def _generate_batch(
         self,
         prompts: list[list[int]],
-        cached: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]],
+        cached: list[tuple[int, _KV | None]],
         params: SamplingParams,
         rng: torch.Generator,
     ) -> list[Completion]:
@@ -318,9 +321,7 @@ class HFGenerator:
         ]
 
 
-def _stack_prefixes(
-    cached: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]], past: int, device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _stack_prefixes(cached: list[tuple[int, _KV | None]], past: int, device: torch.device) -> _KV:
     """Per layer, the batch's cached keys and values [rows, heads, past, dim], left-padded."""
     template = next(entry for _, entry in cached if entry is not None)
     stacked = []
