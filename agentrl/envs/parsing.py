@@ -14,8 +14,9 @@ described by its `instructions` in the system prompt (specs as well would descri
 twice).
 
 Both tolerate what models really write: a last call left unterminated at end of sequence
-(generation stopped by EOS or the token limit), code fences around code or JSON, and
-`<think>...</think>` reasoning (ignored, so a tag mentioned while thinking is not a call).
+(generation stopped by EOS or the token limit, even mid closing tag), code fences around
+code or JSON, and `<think>...</think>` reasoning (ignored, so a tag mentioned while thinking is
+not a call). A last call whose closing tag is botched (`<search> Gufas</</`) is refused.
 
 The first complete tag decides what the turn is: if it is the answer, the turn answers (later
 calls are ignored); otherwise the turn's calls run (a later answer is ignored).
@@ -44,7 +45,7 @@ class InvalidKind(str, enum.Enum):
 
     NO_ACTION = "no_action"            # neither a tool call nor an answer
     INVALID_JSON = "invalid_json"      # a Hermes call whose body is not JSON
-    MALFORMED_CALL = "malformed_call"  # JSON, but not {"name": ..., "arguments": {...}}
+    MALFORMED_CALL = "malformed_call"  # Hermes JSON that is not {"name", "arguments"}; an XML call closed badly
     UNKNOWN_TOOL = "unknown_tool"      # a tool name (or XML tag) the env does not have
     INVALID_ARGUMENTS = "invalid_arguments"  # arguments that violate the tool's schema
     TOO_MANY_CALLS = "too_many_calls"  # more calls in one turn than allowed
@@ -153,6 +154,8 @@ def _too_many(count: int, max_calls: int) -> ActionError:
 
 _TAG_PAIR = re.compile(r"<([A-Za-z_][\w-]*)>(.*?)</\1>", re.DOTALL)
 _OPEN_TAG = re.compile(r"<([A-Za-z_][\w-]*)>")
+# `</` that does not start a complete closing tag such as `</div>`: a close the model botched.
+_BROKEN_CLOSE = re.compile(r"</(?![A-Za-z_][\w-]*>)")
 
 
 @dataclass
@@ -190,7 +193,13 @@ class XmlFormat:
             last_end = m.end()
         tail_open = _OPEN_TAG.search(text, last_end)
         if tail_open and (tail_open.group(1) in tag_map or tail_open.group(1) == self.answer_tag):
-            found.append((tail_open.group(1), text[tail_open.end():]))
+            tag, body = tail_open.group(1), text[tail_open.end():]
+            body = self._unterminated_body(tag, body)
+            if body is None:
+                return ParsedAction(error=ActionError(
+                    InvalidKind.MALFORMED_CALL, f"Malformed call: <{tag}> is not closed; end it with </{tag}>."
+                ))
+            found.append((tag, body))
         found = [(tag, body) for tag, body in found if tag not in self.ignore_tags]
 
         if not found:
@@ -217,6 +226,22 @@ class XmlFormat:
         if len(calls) > max_calls:
             return ParsedAction(error=_too_many(len(calls), max_calls))
         return ParsedAction(calls=calls)
+
+    @staticmethod
+    def _unterminated_body(tag: str, body: str) -> str | None:
+        """The body of a last tag left open, or None when the model botched its closing tag.
+
+        Generation that stops at EOS or the token limit may cut `</search>` short
+        (`Gufas</sea`): that tail is dropped. Any other broken `</` (`Gufas</</</`) is refused:
+        taking the text before it as the call would let a policy drift into never closing its
+        calls while the tool still answers them, which reward alone cannot see.
+        """
+        broken = _BROKEN_CLOSE.search(body)
+        if broken is None:
+            return body
+        if f"</{tag}>".startswith(body[broken.start():]):
+            return body[:broken.start()]
+        return None
 
     def _no_action(self, tag_map: Mapping[str, str]) -> str:
         first = next(iter(tag_map), None)  # the env's first tool: its main one

@@ -62,6 +62,23 @@ def test_xml_unterminated_last_call_and_code_fence():
     assert parsed.valid and parsed.calls[0].arguments == {"code": "print(1 + 1)"}
 
 
+def test_xml_unterminated_call_cut_inside_its_closing_tag():
+    parsed = XML.parse("<search> Gufas</sea", TOOLS)
+    assert parsed.valid and parsed.calls[0].arguments == {"query": "Gufas"}
+    assert XML.parse("<search> Gufas", TOOLS).calls[0].arguments == {"query": "Gufas"}
+    # A complete closing tag inside code is code, not a botched close.
+    parsed = XML.parse('<python>print("</div>")', TOOLS)
+    assert parsed.valid and parsed.calls[0].arguments == {"code": 'print("</div>")'}
+
+
+@pytest.mark.parametrize("text", ["<search> Gufas</</</", "<search> Gufas</search</", "<answer> Lumeva</</"])
+def test_xml_botched_closing_tag_is_malformed(text):
+    parsed = XML.parse(text, TOOLS)
+    tag = "answer" if text.startswith("<answer>") else "search"
+    assert parsed.error.kind is InvalidKind.MALFORMED_CALL and not parsed.calls and parsed.answer is None
+    assert parsed.error.message == f"Malformed call: <{tag}> is not closed; end it with </{tag}>."
+
+
 def test_xml_no_action():
     parsed = XML.parse("I think the answer is 4.", TOOLS)
     assert parsed.error.kind is InvalidKind.NO_ACTION
