@@ -38,6 +38,7 @@ from agentrl.generation import HFGenerator
 from agentrl.models import build_tiny_model, load_model, resolve_autocast
 from agentrl.rollout import collect_demonstrations
 from agentrl.training.corpus import env_corpus
+from agentrl.training.heap import retain_freed_memory
 from agentrl.training.metrics import MetricsLogger
 from agentrl.training.report import comparison_table, plot_reward_curve, write_results
 from agentrl.training.rl import RLTrainer
@@ -215,13 +216,16 @@ def _progress(console: Console) -> Progress:
 
 
 def _prepare_process(config: Config) -> None:
-    """Seed every RNG and apply `run.torch_threads`, once per run, whatever the entry point."""
+    """Seed every RNG and apply `run.torch_threads` and `run.retain_freed_memory`, once per
+    run, whatever the entry point."""
     seed = config.run.seed
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if config.run.torch_threads:
         torch.set_num_threads(config.run.torch_threads)
+    if config.run.retain_freed_memory:
+        retain_freed_memory()
 
 
 def run_sft_only(config: Config, *, console: Console | None = None) -> Path:
