@@ -62,16 +62,14 @@ def measure(model_path: Path, retain: bool, rollouts: int, sft_steps: int) -> di
     demos = collect_demonstrations(env_factory(config, demonstrations=True),
                                    range(1_000_000, 1_000_000 + 16 * (sft_steps + 1)), tokenizer,
                                    max_total_tokens=config.rollout.max_total_tokens, seed=0)
-    step_s: list[float] = []
-    last = [time.perf_counter()]
+    # Times between step callbacks; the first interval (warm-up) is dropped below.
+    step_ends = [time.perf_counter()]
 
     def on_step(step: int, total: int, metrics: dict) -> None:
-        now = time.perf_counter()
-        if step > 1:  # the first step warms up
-            step_s.append(now - last[0])
-        last[0] = now
+        step_ends.append(time.perf_counter())
 
     sft_train(model, tokenizer, demos, batch_size=16, lr=1e-4, autocast=autocast, on_step=on_step)
+    step_s = [b - a for a, b in zip(step_ends[1:], step_ends[2:])]
     return {"applied": applied, "rollout_s_median": statistics.median(rollout_s),
             "sft_step_s_median": statistics.median(step_s), "rollout_s": rollout_s, "sft_step_s": step_s}
 
@@ -95,8 +93,8 @@ def run_benchmark(model_path: Path | None, *, rounds: int, rollouts: int, sft_st
         for _ in range(rounds):
             for name in SETTINGS:
                 child = subprocess.run(
-                    [sys.executable, __file__, "--child", str(model_path), "--retain", str(name == "retained"),
-                     "--rollouts", str(rollouts), "--sft-steps", str(sft_steps)],
+                    [sys.executable, __file__, "--child", str(model_path), "--rollouts", str(rollouts),
+                     "--sft-steps", str(sft_steps)] + (["--retain"] if name == "retained" else []),
                     check=True, capture_output=True, text=True)
                 runs[name].append(json.loads(child.stdout.strip().splitlines()[-1]))
     summary = {name: {"rollout_s_median": statistics.median(r["rollout_s_median"] for r in rows),
@@ -137,10 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sft-steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/heap.json"))
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--retain", default="False", help=argparse.SUPPRESS)
+    parser.add_argument("--retain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.retain == "True", args.rollouts, args.sft_steps)))
+        print(json.dumps(measure(args.child, args.retain, args.rollouts, args.sft_steps)))
         return
     result = run_benchmark(args.model, rounds=args.rounds, rollouts=args.rollouts, sft_steps=args.sft_steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
