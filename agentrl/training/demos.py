@@ -35,7 +35,7 @@ DEMOS: dict[str, list[str]] = {
     # as in a passage and copying it is token for token. SFT warm-up on oracle search plans,
     # then GRPO; success is exact match. Sized for 15 minutes on 2 cores: bfloat16 autocast and
     # the generator's prefix cache (a turn prefills only the new observation) pay for 200
-    # iterations of 16 questions x 4 rollouts, one passage per search keeps episodes near 200
+    # iterations of 20 questions x 4 rollouts, one passage per search keeps episodes near 200
     # tokens, and trajectories are averaged per sequence so that long failed episodes do not
     # outweigh solved ones.
     "search": [
@@ -48,7 +48,7 @@ DEMOS: dict[str, list[str]] = {
         "rollout.max_new_tokens=12",
         "rollout.max_total_tokens=384",
         "rollout.group_size=4",
-        "rollout.tasks_per_iteration=16",
+        "rollout.tasks_per_iteration=20",
         "sft.demos=5000",
         "sft.epochs=1",
         "sft.batch_size=16",
