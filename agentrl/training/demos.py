@@ -33,11 +33,11 @@ DEMOS: dict[str, list[str]] = {
     # copy names from the question and the passages. Calls and answers are written with a
     # space after the tag (`<search> Kunufu</search>`), so a name has the same tokens in a call
     # as in a passage and copying it is token for token. SFT warm-up on oracle search plans,
-    # then GRPO; success is exact match. Sized for 15 minutes on 2 cores: bfloat16 autocast and
-    # the generator's prefix cache (a turn prefills only the new observation) pay for 200
-    # iterations of 20 questions x 4 rollouts, one passage per search keeps episodes near 200
-    # tokens, and trajectories are averaged per sequence so that long failed episodes do not
-    # outweigh solved ones.
+    # then GRPO; success is exact match. Sized for 15 minutes on 2 cores: bfloat16 autocast,
+    # the generator's prefix cache (a turn prefills only the new observation) and keeping freed
+    # memory in the heap (run.retain_freed_memory) pay for 200 iterations of 20 questions x 4
+    # rollouts, one passage per search keeps episodes near 200 tokens, and trajectories are
+    # averaged per sequence so that long failed episodes do not outweigh solved ones.
     "search": [
         "run.name=search",
         "model.autocast=auto",
