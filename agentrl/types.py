@@ -53,7 +53,8 @@ class Completion:
     `logprobs[i]` is the log-probability of `token_ids[i]` under the sampling distribution
     (after temperature, before top-p truncation), so that it matches a fresh forward pass of
     the same weights at the same temperature. `prompt_cached_tokens` counts the prompt tokens
-    the generator took from its prefix cache instead of computing them again.
+    the generator did not compute for this row: taken from its prefix cache, or from an
+    identical prompt of the same batch that was computed once for both.
     """
 
     token_ids: list[int]

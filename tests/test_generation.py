@@ -421,3 +421,25 @@ def test_openai_generator_retries_then_reports(completions_server):
     with OpenAIGenerator("http://127.0.0.1:9", "tiny", max_retries=0, timeout=2) as gen:
         with pytest.raises(RuntimeError, match="could not reach"):
             gen.generate([[3]], SamplingParams(max_new_tokens=2))
+
+
+# --- identical prompts of one batch are prefilled once ---------------------------------------
+
+
+def test_identical_prompts_are_prefilled_once_and_sampled_independently(model_and_tokenizer, prompts):
+    model, tok = model_and_tokenizer
+    p, q = prompts[1], prompts[3]
+    gen = HFGenerator(model, tok, max_batch_size=8)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+    batch = gen.generate([p, q, p, p], greedy)
+    assert gen.shared_prompt_tokens == 2 * len(p)
+    assert [c.prompt_cached_tokens for c in batch] == [0, 0, len(p), len(p)]
+    alone = HFGenerator(model, tok).generate([p, q], greedy)
+    assert [c.token_ids for c in batch] == [alone[0].token_ids, alone[1].token_ids,
+                                            alone[0].token_ids, alone[0].token_ids]
+    # Sampling: the copies of a prompt draw their own tokens, each with its exact log-probs.
+    sampled = gen.generate([p] * 6, SamplingParams(temperature=1.0, max_new_tokens=8, seed=1))
+    assert len({tuple(c.token_ids) for c in sampled}) > 1
+    for c in sampled:
+        logp = fresh_logprobs(model, p, c.token_ids, temperature=1.0)
+        assert torch.allclose(torch.tensor(c.logprobs), sampled_logprobs(logp, c.token_ids), atol=1e-4)

@@ -11,9 +11,10 @@ How a call runs:
    batch need little padding. Completions are returned in the caller's order.
 2. Each micro-batch is left-padded; the attention mask hides the padding and position ids count
    only real tokens, so a padded row computes exactly what it would alone.
-3. One prefill pass fills the cache; then each step samples one token per row, records its
-   log-prob, checks EOS / stop strings / length, drops finished rows from the batch and cache,
-   and feeds the new tokens back.
+3. One prefill pass fills the cache, computing each distinct prompt once (the G rollouts of a
+   GRPO group send the same first prompt; its keys and values are copied to all G rows); then
+   each step samples one token per row, records its log-prob, checks EOS / stop strings /
+   length, drops finished rows from the batch and cache, and feeds the new tokens back.
 
 Multi-turn rollouts call the generator once per turn, and an episode's next prompt is its last
 prompt and completion plus the observation. Inside `with generator.prefix_cache():` (the rollout
@@ -73,6 +74,9 @@ class HFGenerator:
         self._cached_tokens = 0
         #: prompt tokens taken from the prefix cache instead of being prefilled, since creation
         self.reused_prompt_tokens = 0
+        #: prompt tokens not prefilled because an identical prompt of the same batch was
+        #: (the G rollouts of a GRPO group share their first prompt), since creation
+        self.shared_prompt_tokens = 0
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -207,18 +211,30 @@ class HFGenerator:
         rng: torch.Generator,
     ) -> list[Completion]:
         n = len(prompts)
+        # Identical prompts (a group's rollouts of one task, on their first turn) are prefilled
+        # once: `source[row]` is the distinct prompt a row copies its keys and values from.
+        first_row: dict[tuple[int, ...], int] = {}
+        for row, prompt in enumerate(prompts):
+            first_row.setdefault(tuple(prompt), row)
+        distinct = list(first_row.values())  # the rows that are prefilled, in order
+        slot = {row: k for k, row in enumerate(distinct)}
+        source = [slot[first_row[tuple(prompt)]] for prompt in prompts]
+        shared = [0 if row in slot else len(prompts[row]) - cached[row][0] for row in range(n)]
+        self.shared_prompt_tokens += sum(shared)
+        u = len(distinct)
         # Row layout: [padding | cached prefix | padding | new tokens]. The cache holds the
         # first part, the prefill pass feeds the second; with no cached rows it is plain
         # left padding.
-        past = max(length for length, _ in cached)
-        new = [prompt[length:] for prompt, (length, _) in zip(prompts, cached)]
+        past = max(cached[row][0] for row in distinct)
+        new = [prompts[row][cached[row][0]:] for row in distinct]
         width = max(len(tokens) for tokens in new)
-        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((n, past + width), dtype=torch.long)
-        for row, (tokens, (length, _)) in enumerate(zip(new, cached)):
-            input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-            attention_mask[row, past - length : past] = 1
-            attention_mask[row, past + width - len(tokens) :] = 1
+        input_ids = torch.full((u, width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((u, past + width), dtype=torch.long)
+        for k, (row, tokens) in enumerate(zip(distinct, new)):
+            length = cached[row][0]
+            input_ids[k, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            attention_mask[k, past - length : past] = 1
+            attention_mask[k, past + width - len(tokens) :] = 1
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
         # Positions count real tokens only, so a padded row sees the positions it would see
@@ -229,7 +245,8 @@ class HFGenerator:
         cache = DynamicCache(config=self.model.config)
         if past:
             self.reused_prompt_tokens += sum(length for length, _ in cached)
-            for layer, (keys, values) in enumerate(_stack_prefixes(cached, past, self.device)):
+            stacked = _stack_prefixes([cached[row] for row in distinct], past, self.device)
+            for layer, (keys, values) in enumerate(stacked):
                 cache.update(keys, values, layer)
         out = self.model(
             input_ids=input_ids,
@@ -240,6 +257,11 @@ class HFGenerator:
             logits_to_keep=1,
         )
         logits = out.logits[:, -1, :].float()
+        if u < n:  # every row gets the keys, values and next-token logits of its prompt
+            index = torch.tensor(source, device=self.device)
+            cache.batch_select_indices(index)
+            attention_mask = attention_mask[index]
+            logits = logits[index]
 
         tokens: list[list[int]] = [[] for _ in range(n)]
         logprobs: list[list[float]] = [[] for _ in range(n)]
@@ -315,7 +337,7 @@ class HFGenerator:
                 text=self.tokenizer.decode(tokens[row], skip_special_tokens=False),
                 stop_string=stop_strings[row],
                 top_logprobs=tops[row] if params.top_logprobs > 0 else None,
-                prompt_cached_tokens=cached[row][0],
+                prompt_cached_tokens=cached[row][0] + shared[row],
             )
             for row in range(n)
         ]

@@ -91,9 +91,13 @@ def test_behaviour_logprobs_equal_a_fresh_forward_pass(policy):
     diff = ((fresh - batch.old_logprobs).abs() * batch.loss_mask).max().item()
     assert diff < 1e-4
     assert batch.loss_mask.sum() > 0
-    # Later turns came from the prefix cache (only the observations were prefilled).
+    # Later turns came from the prefix cache (only the observations were prefilled), and each
+    # group's first prompt was prefilled once for its 4 rollouts.
     cached = sum(g.budget["tokens/prompt_cached"] for g in groups)
-    assert cached == generator.reused_prompt_tokens > 0
+    assert generator.reused_prompt_tokens > 0
+    # (>=: two rollouts that happen to write the same turn also share their next prompt)
+    assert generator.shared_prompt_tokens >= sum(3 * g.trajectories[0].prompt_len for g in groups)
+    assert cached == generator.reused_prompt_tokens + generator.shared_prompt_tokens
 
 
 def test_the_prefix_cache_changes_no_token_of_a_rollout(policy):
