@@ -437,6 +437,9 @@ def test_identical_prompts_are_prefilled_once_and_sampled_independently(model_an
     alone = HFGenerator(model, tok).generate([p, q], greedy)
     assert [c.token_ids for c in batch] == [alone[0].token_ids, alone[1].token_ids,
                                             alone[0].token_ids, alone[0].token_ids]
+    unshared = HFGenerator(model, tok, share_identical_prompts=False)
+    assert [c.token_ids for c in unshared.generate([p, q, p, p], greedy)] == [c.token_ids for c in batch]
+    assert unshared.shared_prompt_tokens == 0
     # Sampling: the copies of a prompt draw their own tokens, each with its exact log-probs.
     sampled = gen.generate([p] * 6, SamplingParams(temperature=1.0, max_new_tokens=8, seed=1))
     assert len({tuple(c.token_ids) for c in sampled}) > 1

@@ -49,7 +49,8 @@ class HFGenerator:
     `autocast` (e.g. torch.bfloat16) runs the forward passes under `torch.autocast` to that
     dtype; the trainer must use the same setting so that behaviour log-probs match its own.
     `prefix_cache_tokens` bounds the tokens whose keys and values `prefix_cache()` keeps (the
-    oldest go first); 0 turns the prefix cache off.
+    oldest go first); 0 turns the prefix cache off. `share_identical_prompts=False` prefills
+    every row, identical prompts included (for comparisons; the results are the same).
     """
 
     def __init__(
@@ -62,12 +63,14 @@ class HFGenerator:
         eos_token_ids: list[int] | None = None,
         autocast: torch.dtype | None = None,
         prefix_cache_tokens: int = 131_072,
+        share_identical_prompts: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}.")
         if prefix_cache_tokens < 0:
             raise ValueError(f"prefix_cache_tokens must be >= 0 (0 = off), got {prefix_cache_tokens}.")
         self.prefix_cache_tokens = prefix_cache_tokens
+        self.share_identical_prompts = share_identical_prompts
         # token ids of a sequence -> its keys and values, while a prefix_cache() block is
         # open; None outside one.
         self._prefixes: OrderedDict[tuple[int, ...], _KV] | None = None
@@ -213,12 +216,14 @@ class HFGenerator:
         n = len(prompts)
         # Identical prompts (a group's rollouts of one task, on their first turn) are prefilled
         # once: `source[row]` is the distinct prompt a row copies its keys and values from.
+        keys = [tuple(prompt) if self.share_identical_prompts else (row,)
+                for row, prompt in enumerate(prompts)]
         first_row: dict[tuple[int, ...], int] = {}
-        for row, prompt in enumerate(prompts):
-            first_row.setdefault(tuple(prompt), row)
+        for row, key in enumerate(keys):
+            first_row.setdefault(key, row)
         distinct = list(first_row.values())  # the rows that are prefilled, in order
         slot = {row: k for k, row in enumerate(distinct)}
-        source = [slot[first_row[tuple(prompt)]] for prompt in prompts]
+        source = [slot[first_row[key]] for key in keys]
         shared = [0 if row in slot else len(prompts[row]) - cached[row][0] for row in range(n)]
         self.shared_prompt_tokens += sum(shared)
         u = len(distinct)
