@@ -156,6 +156,8 @@ _TAG_PAIR = re.compile(r"<([A-Za-z_][\w-]*)>(.*?)</\1>", re.DOTALL)
 _OPEN_TAG = re.compile(r"<([A-Za-z_][\w-]*)>")
 # `</` that does not start a complete closing tag such as `</div>`: a close the model botched.
 _BROKEN_CLOSE = re.compile(r"</(?![A-Za-z_][\w-]*>)")
+# `</` with the tag name it closes, when it is a complete closing tag.
+_CLOSE = re.compile(r"</(?:([A-Za-z_][\w-]*)>)?")
 
 
 @dataclass
@@ -201,6 +203,10 @@ class XmlFormat:
                 ))
             found.append((tag, body))
         found = [(tag, body) for tag, body in found if tag not in self.ignore_tags]
+        action_tags = {*tag_map, self.answer_tag}
+        for tag, body in found:
+            if tag in action_tags and (error := self._stray_close(tag, body, action_tags)):
+                return ParsedAction(error=error)
 
         if not found:
             return ParsedAction(error=ActionError(InvalidKind.NO_ACTION, self._no_action(tag_map)))
@@ -241,6 +247,25 @@ class XmlFormat:
             return body
         if f"</{tag}>".startswith(body[broken.start():]):
             return body[:broken.start()]
+        return None
+
+    @staticmethod
+    def _stray_close(tag: str, body: str, action_tags: set[str]) -> ActionError | None:
+        """An error when a call's or an answer's body holds a closing tag that is not its own.
+
+        `<search> Gufas</</</search>` and `<search> Gufas</answer>` would otherwise reach the
+        tool as `Gufas</</` and `Gufas</answer>`, and BM25 ignores the junk: the search still
+        finds the passage, so reward alone lets a policy drift into such calls. A complete
+        closing tag of anything but an action (`print("</div>")` in code) is body text.
+        """
+        for match in _CLOSE.finditer(body):
+            closed = match.group(1)
+            if closed is None:
+                return ActionError(InvalidKind.MALFORMED_CALL,
+                                   f"Malformed call: stray '</' inside <{tag}>; end it with </{tag}>.")
+            if closed in action_tags:
+                return ActionError(InvalidKind.MALFORMED_CALL,
+                                   f"Malformed call: <{tag}> is closed with </{closed}>; end it with </{tag}>.")
         return None
 
     def _no_action(self, tag_map: Mapping[str, str]) -> str:

@@ -79,6 +79,23 @@ def test_xml_botched_closing_tag_is_malformed(text):
     assert parsed.error.message == f"Malformed call: <{tag}> is not closed; end it with </{tag}>."
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    # What the search demo's policy drifted into before these were refused: the junk reached
+    # the search tool, BM25 ignored it, and the reward could not tell.
+    ("<search> Gufas</</</</</search>", "Malformed call: stray '</' inside <search>; end it with </search>."),
+    ("<search> Kunufu</answer>", "Malformed call: <search> is closed with </answer>; end it with </search>."),
+    ("<answer> Bepu</search>", "Malformed call: <answer> is closed with </search>; end it with </answer>."),
+    ("<answer> Bepu</</answer>", "Malformed call: stray '</' inside <answer>; end it with </answer>."),
+    ("<python>x = 1</search></python>", "Malformed call: <python> is closed with </search>; end it with </python>."),
+])
+def test_xml_closing_tag_that_is_not_the_calls_own_is_malformed(text, message):
+    parsed = XML.parse(text, TOOLS)
+    assert parsed.error.kind is InvalidKind.MALFORMED_CALL and not parsed.calls and parsed.answer is None
+    assert parsed.error.message == message
+    # A closing tag that is not an action's stays body text, closed call or not.
+    assert XML.parse('<python>print("</div>")</python>', TOOLS).calls[0].arguments == {"code": 'print("</div>")'}
+
+
 def test_xml_no_action():
     parsed = XML.parse("I think the answer is 4.", TOOLS)
     assert parsed.error.kind is InvalidKind.NO_ACTION
