@@ -216,14 +216,14 @@ class HFGenerator:
         n = len(prompts)
         # Identical prompts (a group's rollouts of one task, on their first turn) are prefilled
         # once: `source[row]` is the distinct prompt a row copies its keys and values from.
-        keys = [tuple(prompt) if self.share_identical_prompts else (row,)
-                for row, prompt in enumerate(prompts)]
+        prompt_keys = [tuple(prompt) if self.share_identical_prompts else (row,)
+                       for row, prompt in enumerate(prompts)]
         first_row: dict[tuple[int, ...], int] = {}
-        for row, key in enumerate(keys):
+        for row, key in enumerate(prompt_keys):
             first_row.setdefault(key, row)
         distinct = list(first_row.values())  # the rows that are prefilled, in order
         slot = {row: k for k, row in enumerate(distinct)}
-        source = [slot[first_row[key]] for key in keys]
+        source = [slot[first_row[key]] for key in prompt_keys]
         shared = [0 if row in slot else len(prompts[row]) - cached[row][0] for row in range(n)]
         self.shared_prompt_tokens += sum(shared)
         u = len(distinct)
