@@ -154,9 +154,8 @@ def _too_many(count: int, max_calls: int) -> ActionError:
 
 _TAG_PAIR = re.compile(r"<([A-Za-z_][\w-]*)>(.*?)</\1>", re.DOTALL)
 _OPEN_TAG = re.compile(r"<([A-Za-z_][\w-]*)>")
-# `</` that does not start a complete closing tag such as `</div>`: a close the model botched.
-_BROKEN_CLOSE = re.compile(r"</(?![A-Za-z_][\w-]*>)")
-# `</` with the tag name it closes, when it is a complete closing tag.
+# Every `</`, with the tag name it closes when it starts a complete closing tag such as
+# `</div>`; without one (group 1 is None) it is a close the model botched.
 _CLOSE = re.compile(r"</(?:([A-Za-z_][\w-]*)>)?")
 
 
@@ -242,7 +241,7 @@ class XmlFormat:
         taking the text before it as the call would let a policy drift into never closing its
         calls while the tool still answers them, which reward alone cannot see.
         """
-        broken = _BROKEN_CLOSE.search(body)
+        broken = next((m for m in _CLOSE.finditer(body) if m.group(1) is None), None)
         if broken is None:
             return body
         if f"</{tag}>".startswith(body[broken.start():]):

@@ -216,15 +216,12 @@ class HFGenerator:
         n = len(prompts)
         # Identical prompts (a group's rollouts of one task, on their first turn) are prefilled
         # once: `source[row]` is the distinct prompt a row copies its keys and values from.
-        prompt_keys = [tuple(prompt) if self.share_identical_prompts else (row,)
-                       for row, prompt in enumerate(prompts)]
-        first_row: dict[tuple[int, ...], int] = {}
-        for row, key in enumerate(prompt_keys):
-            first_row.setdefault(key, row)
-        distinct = list(first_row.values())  # the rows that are prefilled, in order
-        slot = {row: k for k, row in enumerate(distinct)}
-        source = [slot[first_row[key]] for key in prompt_keys]
-        shared = [0 if row in slot else len(prompts[row]) - cached[row][0] for row in range(n)]
+        if self.share_identical_prompts:
+            distinct, source = _first_occurrences([tuple(prompt) for prompt in prompts])
+        else:
+            distinct, source = list(range(n)), list(range(n))
+        shared = [0 if distinct[source[row]] == row else len(prompts[row]) - cached[row][0]
+                  for row in range(n)]
         self.shared_prompt_tokens += sum(shared)
         u = len(distinct)
         # Row layout: [padding | cached prefix | padding | new tokens]. The cache holds the
@@ -346,6 +343,20 @@ class HFGenerator:
             )
             for row in range(n)
         ]
+
+
+def _first_occurrences(keys: list[tuple[int, ...]]) -> tuple[list[int], list[int]]:
+    """The rows whose key appears first (in order), and for every row the index of its key's
+    first row among them."""
+    slot_of: dict[tuple[int, ...], int] = {}
+    first: list[int] = []
+    source: list[int] = []
+    for row, key in enumerate(keys):
+        if key not in slot_of:
+            slot_of[key] = len(first)
+            first.append(row)
+        source.append(slot_of[key])
+    return first, source
 
 
 def _stack_prefixes(cached: list[tuple[int, _KV | None]], past: int, device: torch.device) -> _KV:
