@@ -111,6 +111,12 @@ class TrainConfig(_Section):
     ppo_epochs: int = Field(1, ge=1)
     mini_batches: int = Field(1, ge=1, description="optimizer steps per rollout batch and epoch")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward")
+    #: Forward a group's common prompt once per micro-batch in the update and reuse its keys
+    #: and values for every rollout of the group (same result up to rounding, fewer tokens).
+    shared_prefix: bool = True
+    #: Attention kernel of the update's forward and backward ("model": the one the model was
+    #: loaded with, also used for sampling). On a CPU, "eager" runs short sequences faster.
+    attention: Literal["model", "eager", "sdpa"] = "model"
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     eval_every: int = Field(0, ge=0, description="0 = only before and after training")

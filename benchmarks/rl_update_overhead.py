@@ -261,7 +261,8 @@ def profile_both(framework, bare, *, top: int = 10) -> dict[str, Any]:
 def run_benchmark(*, repeats: int, warmup: int, sft_demos: int, sft_epochs: int, threads: int,
                   profile: bool, console: Console, autocast: str = "none") -> dict[str, Any]:
     torch.set_num_threads(threads)
-    config = Config.model_validate({"model": {"autocast": autocast}})
+    # The bare loop forwards every sequence whole, so the framework does too (no shared prefix).
+    config = Config.model_validate({"model": {"autocast": autocast}, "train": {"shared_prefix": False}})
     autocast_dtype = resolve_autocast(autocast, "cpu")
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)

@@ -1,10 +1,12 @@
 """Offline model recipes: a tiny tokenizer + Qwen2-architecture model built locally (DESIGN 3.8)."""
 
+from agentrl.models.attention import attention_implementation
 from agentrl.models.precision import autocast, bf16_is_fast, resolve_autocast
 from agentrl.models.tiny import CHATML_TEMPLATE, build_tiny_model, load_model, train_tokenizer
 
 __all__ = [
     "CHATML_TEMPLATE",
+    "attention_implementation",
     "autocast",
     "bf16_is_fast",
     "build_tiny_model",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 import torch
@@ -62,3 +63,32 @@ def micro_batches(indices: Sequence[int], lengths: Sequence[int], size: int) -> 
     """Split `indices` into chunks of at most `size`, grouping similar lengths to cut padding."""
     ordered = sorted(indices, key=lambda i: lengths[i])
     return [ordered[k:k + size] for k in range(0, len(ordered), size)]
+
+
+def family_micro_batches(indices: Sequence[int], lengths: Sequence[int], families: Sequence[Hashable],
+                         size: int) -> list[list[int]]:
+    """Like `micro_batches`, but a family (a group's sequences) stays in one chunk where it fits.
+
+    The shared-prefix forward computes a family's common prompt once per chunk it appears in,
+    so splitting a family costs a prompt pass. Families are ordered by their longest sequence
+    (similar lengths together cut padding) and packed whole while they fit in `size`; a family
+    larger than `size` fills chunks of its own.
+    """
+    members: dict[Hashable, list[int]] = defaultdict(list)
+    for i in indices:
+        members[families[i]].append(i)
+    ordered = sorted(members.values(), key=lambda rows: max(lengths[i] for i in rows))
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for rows in ordered:
+        rows = sorted(rows, key=lambda i: lengths[i])
+        if current and len(current) + len(rows) > size:
+            chunks.append(current)
+            current = []
+        while len(rows) > size:
+            chunks.append(rows[:size])
+            rows = rows[size:]
+        current += rows
+    if current:
+        chunks.append(current)
+    return chunks

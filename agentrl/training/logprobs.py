@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from agentrl.algorithms import entropy_from_logits
+from agentrl.training.shared_prefix import PrefixPlan, shared_prefix_logits
 
 
 def token_logprobs(
@@ -20,6 +21,7 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    prefix_plan: PrefixPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] of `input_ids` under `model` (and per-token entropy [B, T] if asked).
 
@@ -27,8 +29,14 @@ def token_logprobs(
     log-probs are taken at temperature 1), otherwise importance ratios are biased.
     The entropy carries gradients only with `entropy_grad=True` (an entropy bonus); as a mere
     metric it is computed without autograd, which keeps its softmax out of the graph.
+    With a `prefix_plan` (`plan_shared_prefixes`), the rows' shared prefixes are forwarded once
+    per family (`shared_prefix_logits`); the result is the same up to rounding.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    if prefix_plan is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    else:
+        logits = shared_prefix_logits(model, input_ids, attention_mask, prefix_plan)
+    logits = logits[:, :-1].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     targets = input_ids[:, 1:].unsqueeze(-1)

@@ -41,13 +41,14 @@ from agentrl.algorithms import (
 )
 from agentrl.config import Config
 from agentrl.generation import HFGenerator
-from agentrl.models import autocast, resolve_autocast
+from agentrl.models import attention_implementation, autocast, resolve_autocast
 from agentrl.rollout import RolloutEngine, make_strategy
-from agentrl.training.batch import collate, micro_batches
+from agentrl.training.batch import collate, family_micro_batches, micro_batches
 from agentrl.training.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from agentrl.training.logprobs import token_logprobs
 from agentrl.training.metrics import MetricsLogger
 from agentrl.training.optim import make_optimizer, warmup_cosine
+from agentrl.training.shared_prefix import PrefixPlan, plan_shared_prefixes
 from agentrl.types import Group, SamplingParams, Trajectory
 
 #: DAPO dynamic sampling: at most this many extra rollout rounds to fill a batch.
@@ -162,7 +163,8 @@ class RLTrainer:
         update_started = time.perf_counter()
         self._updating = True
         # Nothing informative kept (e.g. every group solved): no optimizer step this iteration.
-        update_metrics = self._update(kept, advantages) if kept else {"policy/optimizer_steps": 0.0}
+        with attention_implementation(self.model, cfg.train.attention):
+            update_metrics = self._update(kept, advantages) if kept else {"policy/optimizer_steps": 0.0}
         self._updating = False
         update_time = time.perf_counter() - update_started
 
@@ -292,6 +294,7 @@ class RLTrainer:
         forward = self._needs_forward(trajs, advantages)
         totals: dict[str, float] = defaultdict(float)
         steps = 0
+        shared_tokens = 0
         self.model.train()
         for _ in range(tcfg.ppo_epochs):
             order = list(range(len(trajs)))
@@ -306,14 +309,16 @@ class RLTrainer:
                 used_denominator = self._denominator([trajs[i] for i in used])
                 self.optimizer.zero_grad(set_to_none=True)
                 accumulated: dict[str, float] = defaultdict(float)
-                for micro in micro_batches(used, lengths, tcfg.micro_batch_size):
+                for micro in self._micro_batches(trajs, used, lengths):
                     batch = collate([trajs[i] for i in micro], [advantages[i] for i in micro],
                                     self.tokenizer.pad_token_id, device)
                     share = self._share(batch)
                     if share == 0:
                         continue
+                    plan = self._prefix_plan([trajs[i] for i in micro])
+                    shared_tokens += plan.saved_tokens if plan else 0
                     with autocast(device, self.autocast):
-                        loss, parts = self._loss(batch)
+                        loss, parts = self._loss(batch, plan)
                     (loss * share / denominator).backward()
                     for key, value in parts.items():  # diagnostics: mean over the used sequences
                         accumulated[key] += value * share / used_denominator
@@ -329,7 +334,20 @@ class RLTrainer:
         metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
         metrics["policy/optimizer_steps"] = float(steps)
         metrics["perf/skipped_sequences"] = 1.0 - sum(forward) / max(1, len(forward))
+        metrics["perf/update_tokens_shared"] = float(shared_tokens)
         return metrics
+
+    def _micro_batches(self, trajs: list[Trajectory], used: list[int], lengths: list[int]) -> list[list[int]]:
+        size = self.config.train.micro_batch_size
+        if not self.config.train.shared_prefix:
+            return micro_batches(used, lengths, size)
+        return family_micro_batches(used, lengths, [trajs[i].group_id for i in range(len(trajs))], size)
+
+    def _prefix_plan(self, trajs: list[Trajectory]) -> PrefixPlan | None:
+        """Which sequences of a micro-batch share a prompt (a group's), when sharing is on."""
+        if not self.config.train.shared_prefix:
+            return None
+        return plan_shared_prefixes([t.token_ids for t in trajs], [t.group_id for t in trajs])
 
     def _needs_forward(self, trajs: list[Trajectory], advantages: list[np.ndarray]) -> list[bool]:
         """Which sequences must go through forward/backward in the update.
@@ -344,11 +362,12 @@ class RLTrainer:
         return [bool(np.any(np.asarray(adv)[np.asarray(t.loss_mask, dtype=bool)] != 0))
                 for t, adv in zip(trajs, advantages)]
 
-    def _loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, batch, plan: PrefixPlan | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         acfg = self.config.algorithm
         logprobs, entropy = token_logprobs(self.model, batch.input_ids, batch.attention_mask,
                                            temperature=self.config.rollout.temperature,
-                                           with_entropy=True, entropy_grad=acfg.entropy_coef != 0)
+                                           with_entropy=True, entropy_grad=acfg.entropy_coef != 0,
+                                           prefix_plan=plan)
         loss, metrics = policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.loss_mask,
                                     clip_low=acfg.clip_low, clip_high=acfg.clip_high,
                                     agg=acfg.agg, level=acfg.level)
@@ -360,7 +379,7 @@ class RLTrainer:
         if self.ref_model is not None:
             with torch.no_grad():
                 ref, _ = token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask,
-                                        temperature=self.config.rollout.temperature)
+                                        temperature=self.config.rollout.temperature, prefix_plan=plan)
             kl = aggregate(kl_penalty(logprobs, ref, kind=acfg.kl_kind), batch.loss_mask, acfg.agg)
             loss = loss + acfg.kl_coef * kl
             parts["loss/kl"] = float(kl.item())
