@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine, search_demo_model, write_result
 
 SETTINGS = ("glibc default", "retained")
 
@@ -75,20 +76,8 @@ def measure(model_path: Path, retain: bool, rollouts: int, sft_steps: int) -> di
 
 
 def run_benchmark(model_path: Path | None, *, rounds: int, rollouts: int, sft_steps: int) -> dict:
-    import torch
-
     with tempfile.TemporaryDirectory() as tmp:
-        label = str(model_path) if model_path else "tiny, untrained"
-        if model_path is None:
-            from agentrl.config import load_config
-            from agentrl.models import build_tiny_model
-            from agentrl.training.corpus import env_corpus
-            from agentrl.training.demos import demo_overrides
-            from agentrl.training.run import env_factory
-
-            make_env = env_factory(load_config(None, demo_overrides("search")))
-            model_path = build_tiny_model(env_corpus(make_env, range(1_000_000, 1_002_000)),
-                                          Path(tmp) / "tiny", seed=0)
+        model_path, label = search_demo_model(model_path, Path(tmp))
         runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
         for _ in range(rounds):
             for name in SETTINGS:
@@ -107,8 +96,7 @@ def run_benchmark(model_path: Path | None, *, rounds: int, rollouts: int, sft_st
         "model": label,
         "episodes_per_rollout": 64,
         "rounds": rounds,
-        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": machine(),
         "summary": summary,
         "speedup_rollout": default["rollout_s_median"] / retained["rollout_s_median"],
         "speedup_sft_step": default["sft_step_s_median"] / retained["sft_step_s_median"],
@@ -141,10 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.child, args.retain, args.rollouts, args.sft_steps)))
         return
     result = run_benchmark(args.model, rounds=args.rounds, rollouts=args.rollouts, sft_steps=args.sft_steps)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(format_table(result))
-    print(f"\nresult: {args.out}")
+    write_result(result, format_table(result), args.out)
 
 
 if __name__ == "__main__":

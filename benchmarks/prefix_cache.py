@@ -20,35 +20,27 @@ demo's own episode lengths. Writes a JSON result and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from agentrl.config import load_config
 from agentrl.generation import HFGenerator
-from agentrl.models import build_tiny_model, load_model, resolve_autocast
+from agentrl.models import load_model, resolve_autocast
 from agentrl.rollout import ChainStrategy, RolloutEngine
-from agentrl.training.corpus import env_corpus
 from agentrl.training.demos import demo_overrides
 from agentrl.training.run import env_factory
 from agentrl.types import SamplingParams
+
+from _common import machine, search_demo_model, write_result
 
 
 def run_benchmark(model_path: Path | None, *, tasks: int, group_size: int, repeats: int) -> dict:
     config = load_config(None, demo_overrides("search"))
     make_env = env_factory(config)
     with tempfile.TemporaryDirectory() as tmp:
-        if model_path is None:
-            texts = env_corpus(make_env, range(1_000_000, 1_002_000))
-            model_path = build_tiny_model(texts, Path(tmp) / "tiny", seed=0)
-            label = "tiny, untrained"
-        else:
-            label = str(model_path)
+        model_path, label = search_demo_model(model_path, Path(tmp))
         model, tokenizer = load_model(model_path)
     autocast = resolve_autocast(config.model.autocast, "cpu")
     sampling = SamplingParams(temperature=1.0, max_new_tokens=config.rollout.max_new_tokens, seed=0)
@@ -96,8 +88,7 @@ def run_benchmark(model_path: Path | None, *, tasks: int, group_size: int, repea
         "model": label,
         "episodes_per_rollout": tasks * group_size,
         "repeats": repeats,
-        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": machine(),
         "summary": summary,
         "runs": runs,
     }
@@ -126,10 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/prefix_cache.json"))
     args = parser.parse_args(argv)
     result = run_benchmark(args.model, tasks=args.tasks, group_size=args.group_size, repeats=args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(format_table(result))
-    print(f"\nresult: {args.out}")
+    write_result(result, format_table(result), args.out)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def print_table(results: dict[str, Any]) -> None:
     search = results["search"]
     print(f"\nSearch over {results['config']['passages']} passages (top-3, single thread; "
           f"tokenizing the corpus took {search['tokenize_s']:.1f} s, not included below)")
-    print(f"| engine | index build (s) | batched queries/s | single-query queries/s |")
+    print("| engine | index build (s) | batched queries/s | single-query queries/s |")
     print("|---|---|---|---|")
     for engine, row in search.items():
         if not isinstance(row, dict):

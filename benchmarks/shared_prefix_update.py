@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from agentrl.config import load_config
-from agentrl.models import attention_implementation, build_tiny_model, load_model
-from agentrl.training.corpus import env_corpus
+from agentrl.models import attention_implementation, load_model
 from agentrl.training.demos import demo_overrides
 from agentrl.training.rl import RLTrainer
 from agentrl.training.run import env_factory
+
+from _common import machine, search_demo_model, write_result
 
 
 def update(trainer: RLTrainer, trajs, advantages) -> dict[str, float]:
@@ -50,12 +47,7 @@ def run_benchmark(model_path: Path | None, *, batches: int, repeats: int,
     config = load_config(None, demo_overrides("search") + overrides)
     make_env = env_factory(config)
     with tempfile.TemporaryDirectory() as tmp:
-        if model_path is None:
-            texts = env_corpus(make_env, range(1_000_000, 1_002_000))
-            model_path = build_tiny_model(texts, Path(tmp) / "tiny", seed=0)
-            label = "tiny, untrained"
-        else:
-            label = str(model_path)
+        model_path, label = search_demo_model(model_path, Path(tmp))
         model, tokenizer = load_model(model_path)
         sides = {}
         for shared, attention in ((False, "sdpa"), (False, "eager"), (True, "sdpa"), (True, "eager")):
@@ -105,8 +97,7 @@ def run_benchmark(model_path: Path | None, *, batches: int, repeats: int,
         "micro_batch_size": config.train.micro_batch_size,
         "batches": batches,
         "repeats": repeats,
-        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": machine(),
         "summary": summary,
         "runs": rows,
     }
@@ -137,10 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = run_benchmark(args.model, batches=args.batches, repeats=args.repeats,
                            micro_batch_size=args.micro_batch_size)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(format_table(result))
-    print(f"\nresult: {args.out}")
+    write_result(result, format_table(result), args.out)
 
 
 if __name__ == "__main__":
