@@ -32,6 +32,7 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from agentrl.models.kv_cache import cache_kwargs
 from agentrl.models.precision import autocast as autocast_to
 from agentrl.types import Completion, FinishReason, SamplingParams
 
@@ -254,7 +255,7 @@ class HFGenerator:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **cache_kwargs(self.model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -325,7 +326,7 @@ class HFGenerator:
                 input_ids=next_tokens[:, None],
                 attention_mask=attention_mask,
                 position_ids=next_position[:, None],
-                past_key_values=cache,
+                **cache_kwargs(self.model, cache),
                 use_cache=True,
             )
             next_position = next_position + 1

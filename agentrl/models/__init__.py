@@ -1,6 +1,7 @@
 """Offline model recipes: a tiny tokenizer + Qwen2-architecture model built locally (DESIGN 3.8)."""
 
 from agentrl.models.attention import attention_implementation
+from agentrl.models.kv_cache import cache_kwargs
 from agentrl.models.precision import autocast, bf16_is_fast, resolve_autocast
 from agentrl.models.tiny import CHATML_TEMPLATE, build_tiny_model, load_model, train_tokenizer
 
@@ -10,6 +11,7 @@ __all__ = [
     "autocast",
     "bf16_is_fast",
     "build_tiny_model",
+    "cache_kwargs",
     "load_model",
     "resolve_autocast",
     "train_tokenizer",

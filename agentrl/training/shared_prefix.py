@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from agentrl.models import cache_kwargs
+
 
 @dataclass(frozen=True)
 class PrefixPlan:
@@ -104,8 +106,7 @@ def shared_prefix_logits(model: torch.nn.Module, input_ids: torch.Tensor, attent
     positions = torch.arange(width, device=device).expand(len(plan.rows), width)
     cache = DynamicCache(config=model.config)
     prefix = model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True)
-    cache = prefix.past_key_values
+                   use_cache=True, **cache_kwargs(model, cache))  # fills `cache` in place
     cache.batch_select_indices(family)  # [F, ...] -> [B, ...]; differentiable indexing
 
     # 2. Each row's suffix on top of its family's keys and values: positions continue at P_f;
@@ -119,7 +120,7 @@ def shared_prefix_logits(model: torch.nn.Module, input_ids: torch.Tensor, attent
     start = torch.tensor(prefix_of_row, device=device)[:, None]
     suffix_positions = start + torch.arange(suffix_width, device=device)[None, :]
     suffix = model(input_ids=suffix_ids, attention_mask=torch.cat([prefix_mask[family], suffix_mask], dim=1),
-                   position_ids=suffix_positions, past_key_values=cache, use_cache=True)
+                   position_ids=suffix_positions, use_cache=True, **cache_kwargs(model, cache))
 
     # 3. Back to the plain layout: row b's logits are its family's prefix, then its suffix.
     pieces = [torch.cat([prefix.logits[plan.family[b], :p], suffix.logits[b, :n - p]])

@@ -116,13 +116,9 @@ def test_an_rl_iteration_computes_the_same_gradients_with_and_without_the_shared
         model, tokenizer = load_model(tiny_model_dir)
         trainer = RLTrainer(config, tmp_path / name, model, tokenizer, LowercaseTurns)
         captured = []
-        step = trainer.optimizer.step
-
-        def capture(*args, _step=step, _captured=captured, _model=model, **kwargs):
-            _captured.append(torch.cat([p.grad.flatten() for p in _model.parameters() if p.grad is not None]))
-            return _step(*args, **kwargs)
-
-        trainer.optimizer.step = capture
+        trainer.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs, _model=model, _captured=captured:
+                                                 _captured.append(torch.cat([p.grad.flatten() for p in _model.parameters()
+                                                                             if p.grad is not None])))
         metrics[shared] = trainer.train_iteration()
         gradients[shared] = captured[0]
     assert metrics[True]["perf/update_tokens_shared"] > 0
