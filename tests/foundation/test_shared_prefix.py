@@ -104,6 +104,17 @@ def _scripted_turn(episode, tokenizer):
     return Completion(ids, [-0.5] * len(ids), "eos", text + tokenizer.eos_token)
 
 
+def _capture_gradients(trainer) -> list[torch.Tensor]:
+    """The flattened gradients at every optimizer step of `trainer`."""
+    captured = []
+
+    def before_step(optimizer, args, kwargs):
+        captured.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+
+    trainer.optimizer.register_step_pre_hook(before_step)
+    return captured
+
+
 @pytest.mark.parametrize("settings", [{}, {"algorithm.kl_coef": 0.1}], ids=["grpo", "grpo+kl"])
 def test_an_rl_iteration_computes_the_same_gradients_with_and_without_the_shared_prefix(
         tmp_path, tiny_model_dir, settings):
@@ -115,10 +126,7 @@ def test_an_rl_iteration_computes_the_same_gradients_with_and_without_the_shared
                                             "train.shared_prefix": shared, **settings})
         model, tokenizer = load_model(tiny_model_dir)
         trainer = RLTrainer(config, tmp_path / name, model, tokenizer, LowercaseTurns)
-        captured = []
-        trainer.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs, _model=model, _captured=captured:
-                                                 _captured.append(torch.cat([p.grad.flatten() for p in _model.parameters()
-                                                                             if p.grad is not None])))
+        captured = _capture_gradients(trainer)
         metrics[shared] = trainer.train_iteration()
         gradients[shared] = captured[0]
     assert metrics[True]["perf/update_tokens_shared"] > 0
