@@ -134,6 +134,10 @@ class SFTConfig(_Section):
     #: from the env's feedback (mistaken turns are context, not targets). Needs the env's
     #: `mistaken_action()`.
     mistake_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    #: Where mistakes go: "start" (only while the episode has made nothing but mistakes:
+    #: wrong answers, then the right one) or "any" (at most one per episode, at any turn where
+    #: the env can make one, e.g. a failed search in the middle of a search plan).
+    mistake_at: Literal["start", "any"] = "start"
     #: Merged into env.kwargs for the demonstrations only (e.g. {max_hops: 2}: demonstrate the
     #: short tasks, train and evaluate on all).
     env_kwargs: dict[str, Any] = Field(default_factory=dict)

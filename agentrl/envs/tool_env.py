@@ -81,6 +81,9 @@ class Episode:
     metrics: Counter = field(default_factory=Counter)     # tools/... counters
     done: bool = False
     last_observation: str = ""
+    #: Turns played by `mistaken_action()` (demonstrations of recovering from a mistake); the
+    #: oracle plan does not count them, so the oracle's next step follows the last right one.
+    mistakes: int = 0
 
     @property
     def invalid_actions(self) -> int:
@@ -261,7 +264,7 @@ class ToolEnv(TextEnv):
         plan = self.episode.task.oracle
         if not plan:
             raise NotImplementedError(f"the task {self.episode.task.id!r} has no oracle plan")
-        name, arguments = plan[min(self.episode.turns, len(plan) - 1)]
+        name, arguments = plan[min(self.episode.turns - self.episode.mistakes, len(plan) - 1)]
         if name == "answer":
             return self.format.render_answer(str(arguments["answer"]))
         return self.format.render_call(name, arguments, self.tools)

@@ -12,7 +12,7 @@ feedback without learning to make mistakes.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from agentrl.rollout.engine import RolloutEngine
 from agentrl.rollout.episode import Episode
@@ -20,17 +20,20 @@ from agentrl.rollout.strategies import ChainStrategy
 from agentrl.types import Completion, SamplingParams, Trajectory
 
 Policy = Callable[[list[Episode], SamplingParams], list[Completion]]
+MistakeAt = Literal["start", "any"]
 
 
-def oracle_policy(tokenizer: Any, *, mistake_rate: float = 0.0, seed: int = 0,
-                  mistakes: dict[tuple[int, int], set[int]] | None = None) -> Policy:
+def oracle_policy(tokenizer: Any, *, mistake_rate: float = 0.0, mistake_at: MistakeAt = "start",
+                  seed: int = 0, mistakes: dict[tuple[int, int], set[int]] | None = None) -> Policy:
     """A policy that plays `env.oracle_action()`, ending each turn as sampling would.
 
     An action that ends with one of the env's stop strings ends there (as generation stops at
     it); any other action ends with the EOS token, which the model must learn to emit.
-    With probability `mistake_rate` per turn (never on the last allowed turn, and only while
-    the episode has made nothing but mistakes) it plays `env.mistaken_action()` instead and
-    records the turn in `mistakes[(group_id, traj_id)]`.
+    With probability `mistake_rate` per turn (never on the last allowed turn) it plays
+    `env.mistaken_action()` instead and records the turn in `mistakes[(group_id, traj_id)]`:
+    with `mistake_at="start"` only while the episode has made nothing but mistakes (wrong
+    answers, then the right one: "try again" tasks), with `mistake_at="any"` at most once per
+    episode, at any turn where the env can make one (a failed search in the middle of a plan).
     """
     rng = random.Random(seed)
 
@@ -41,8 +44,8 @@ def oracle_policy(tokenizer: Any, *, mistake_rate: float = 0.0, seed: int = 0,
             made = mistakes.setdefault(key, set()) if mistakes is not None else set()
             last_turn = episode.turns + 1 >= getattr(episode.env, "max_turns", 1)
             text = None
-            if (mistake_rate > 0 and not last_turn and len(made) == episode.turns
-                    and rng.random() < mistake_rate):
+            may_err = len(made) == episode.turns if mistake_at == "start" else not made
+            if mistake_rate > 0 and not last_turn and may_err and rng.random() < mistake_rate:
                 try:
                     text = episode.env.mistaken_action()
                     made.add(episode.turns)
@@ -67,7 +70,8 @@ def _as_completion(tokenizer: Any, text: str, stop_strings: Sequence[str]) -> Co
 
 def collect_demonstrations(
     make_env: Callable[[], Any], seeds: Sequence[int], tokenizer: Any, *,
-    max_total_tokens: int = 4096, env_workers: int = 4, mistake_rate: float = 0.0, seed: int = 0,
+    max_total_tokens: int = 4096, env_workers: int = 4, mistake_rate: float = 0.0,
+    mistake_at: MistakeAt = "start", seed: int = 0,
 ) -> list[Trajectory]:
     """One oracle episode per seed, as trajectories (loss mask 1 on the oracle's own actions)."""
     mistakes: dict[tuple[int, int], set[int]] = {}
@@ -75,8 +79,8 @@ def collect_demonstrations(
                            env_workers=env_workers)
     with engine:
         groups = engine.run(make_env, [{"seed": int(s)} for s in seeds], ChainStrategy(1),
-                            policy=oracle_policy(tokenizer, mistake_rate=mistake_rate, seed=seed,
-                                                 mistakes=mistakes))
+                            policy=oracle_policy(tokenizer, mistake_rate=mistake_rate, mistake_at=mistake_at,
+                                                 seed=seed, mistakes=mistakes))
     trajectories = [t for g in groups for t in g.trajectories]
     for trajectory in trajectories:
         for turn in mistakes.get((trajectory.group_id, trajectory.traj_id), ()):

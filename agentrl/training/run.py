@@ -145,7 +145,8 @@ def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console) -> N
     with console.status(f"Writing {scfg.demos} oracle demonstrations"):
         demos = collect_demonstrations(make_env, seeds, tokenizer,
                                        max_total_tokens=config.rollout.max_total_tokens,
-                                       mistake_rate=scfg.mistake_rate, seed=config.run.seed)
+                                       mistake_rate=scfg.mistake_rate, mistake_at=scfg.mistake_at,
+                                       seed=config.run.seed)
     logger = MetricsLogger(run_dir, tensorboard=True)
     with _progress(console) as progress:
         task = progress.add_task("SFT warm-up", total=None, stats="")

@@ -314,3 +314,41 @@ def test_search_qa_per_episode_worlds_can_share_a_name_pool():
     assert len(worlds) == 30  # the same names, assigned anew in every world
     with pytest.raises(ValueError, match="name_pool"):
         make_world(WorldConfig(num_people=30, name_pool=20))
+
+
+@pytest.mark.parametrize("name_pool", [64, None], ids=["pool-name", "dropped-letter"])
+def test_search_qa_mistaken_search_finds_nothing_and_the_oracle_picks_up_the_plan(name_pool):
+    env = SearchQA(worlds="per_episode", topk=1, max_turns=5, name_pool=name_pool,
+                   call_format={"name": "xml", "body_prefix": " "})
+    for seed in range(30):
+        env.reset(seed=seed)
+        plan = env.episode.task.oracle
+        right = env.oracle_action()
+        wrong = env.mistaken_action()  # in place of the first search
+        assert wrong != right and wrong.startswith("<search> ")
+        observation, *_ = env.step(wrong)
+        assert "No results." in observation
+        done = False
+        while not done:  # the oracle searches the right name again, then follows its plan
+            observation, reward, terminated, truncated, info = env.step(env.oracle_action())
+            done = terminated or truncated
+        assert info["success"] and reward == 1.0, (seed, plan)
+        # one mistake fits the 5 turns of every plan (at most 3 searches and the answer)
+        assert env.episode.mistakes == 1 and env.episode.turns == len(plan) + 1
+
+
+def test_search_qa_makes_no_mistake_in_place_of_an_answer_or_without_a_turn_to_spare():
+    env = SearchQA(worlds="per_episode", topk=1, max_turns=4, name_pool=64)
+    for seed in range(40):
+        env.reset(seed=seed)
+        if len(env.episode.task.oracle) == 4:  # a 3-hop plan fills the 4 turns
+            with pytest.raises(NotImplementedError, match="no turn left"):
+                env.mistaken_action()
+            break
+    else:
+        pytest.fail("no 3-hop question in 40 seeds")
+    env.reset(seed=0)
+    while len(env.episode.task.oracle) - env.episode.turns > 1:
+        env.step(env.oracle_action())
+    with pytest.raises(NotImplementedError, match="in place of a search"):
+        env.mistaken_action()

@@ -167,3 +167,25 @@ def test_demonstrations_with_mistakes_mask_the_mistaken_turns(policy):
         assert all(sum(t.loss_mask[a:b]) == 0 for a, b in (s.action_span for s in mistakes))
         start, end = last.action_span
         assert sum(t.loss_mask) == end - start == sum(t.loss_mask[start:end])
+
+
+def test_demonstrations_can_make_one_mistake_anywhere_and_recover(policy):
+    """mistake_at="any": a failed search in the middle of a plan, then the plan goes on."""
+    from agentrl.envs.tasks.search_qa import SearchQA
+    from agentrl.rollout import collect_demonstrations
+
+    _, tokenizer = policy
+    demos = collect_demonstrations(lambda: SearchQA(worlds="per_episode", topk=1, max_turns=5, name_pool=64),
+                                   range(60), tokenizer, mistake_rate=0.5, mistake_at="any", seed=1)
+    made = [t for t in demos if any("No results." in s.observation for s in t.steps)]
+    assert made and len(made) < len(demos)
+    assert any(t.steps[0].action_valid and "No results." not in t.steps[0].observation for t in made)
+    for t in demos:
+        assert t.success  # every demonstration still ends with the right answer
+        failed = [s for s in t.steps if "No results." in s.observation]
+        assert len(failed) <= 1
+        for step in failed:  # the mistaken search is context, never a target
+            start, end = step.action_span
+            assert sum(t.loss_mask[start:end]) == 0
+        trained = [s for s in t.steps if s not in failed]
+        assert all(sum(t.loss_mask[a:b]) == b - a for a, b in (s.action_span for s in trained))

@@ -28,7 +28,7 @@ import numpy as np
 
 from agentrl.envs.parsing import FormatSpec
 from agentrl.envs.tasks.qa_reward import RewardMode, qa_reward
-from agentrl.envs.tasks.world import Question, World, WorldConfig, make_world
+from agentrl.envs.tasks.world import Question, World, WorldConfig, make_world, name_pool
 from agentrl.envs.tool_env import Task, ToolEnv
 from agentrl.tools.base import Tool
 from agentrl.tools.bm25 import BM25Index
@@ -231,6 +231,43 @@ class SearchQA(ToolEnv):
             hops = int(rng.integers(self._hops[0], self._hops[1] + 1))
             questions = [q for q in asked if q.hops == hops]
         return question_task(questions[int(rng.integers(len(questions)))], id_prefix=f"w{world_seed}:")
+
+    def mistaken_action(self) -> str:
+        """A search for a wrong name where the oracle searches the right one (for SFT
+        demonstrations of recovering from a failed search, `sft.mistake_rate`).
+
+        The wrong name is the error a small policy makes most: another name of the shared
+        name pool with the same first letter that is not in this world (with `name_pool`), or
+        else the right name with a letter dropped; either way the search finds no passage.
+        Raises NotImplementedError where the oracle's next step is not a search, or where the
+        turn budget leaves no room to search again and finish the plan; the demonstration
+        then plays the oracle.
+        """
+        episode = self.episode
+        if episode is None:
+            raise RuntimeError("mistaken_action() called before reset()")
+        plan = episode.task.oracle
+        step = episode.turns - episode.mistakes
+        if step >= len(plan) or plan[step][0] != "search":
+            raise NotImplementedError("SearchQA makes mistakes only in place of a search")
+        if self.max_turns - episode.turns <= len(plan) - step:
+            raise NotImplementedError("no turn left to recover from a mistake")
+        wrong = self._wrong_name(str(plan[step][1]["query"]))
+        episode.mistakes += 1
+        return self.format.render_call("search", {"query": wrong}, self.tools)
+
+    def _wrong_name(self, name: str) -> str:
+        world = getattr(self, "world", None)
+        if world is not None and world.config.name_pool:
+            present = set(world.countries + world.cities + world.companies + world.people)
+            absent = [n for n in name_pool(world.config.name_pool) if n not in present]
+            alike = [n for n in absent if n[0] == name[:1]] or absent
+            if alike:
+                return alike[int(self.np_random.integers(len(alike)))]
+        if len(name) < 3:
+            return name + name[-1:]
+        cut = 1 + int(self.np_random.integers(len(name) - 2))  # keep the first and last letters
+        return name[:cut] + name[cut + 1:]
 
     def fork(self) -> "SearchQA":
         twin = super().fork()
