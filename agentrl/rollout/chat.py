@@ -12,15 +12,22 @@ observation. This works for any template that renders earlier messages the same 
 follows them (append-safe). `check_append` verifies this against a fresh render of the whole
 conversation and raises `TemplateNotAppendSafe` when a template breaks it (some templates, for
 instance, drop the reasoning of earlier assistant turns).
+
+Rendering is pure Python (jinja) and runs for every episode and turn, so renders are memoised:
+the G rollouts of a group start from the same prompt and often take the same first actions.
+Encoding calls the Rust tokenizer directly where there is one (the same ids, without the
+per-call overhead of the Python wrapper).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Sequence
 
 from agentrl.types import Message
 
 _SENTINEL = "\u2063AGENTRL_ASSISTANT_CONTENT\u2063"
+_RENDER_CACHE_SIZE = 4096  # conversations; about one round of a large rollout batch
 
 
 class TemplateNotAppendSafe(RuntimeError):
@@ -40,18 +47,30 @@ class ChatTemplater:
         self.tools = list(tool_specs) or None
         self.eos_token: str | None = tokenizer.eos_token
         self.eos_token_id: int | None = tokenizer.eos_token_id
+        # The Rust tokenizer of a "fast" Hugging Face tokenizer; None for slow ones.
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._renders: OrderedDict[tuple, str] = OrderedDict()
 
     # --- whole renders ----------------------------------------------------------------------
 
     def render_text(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            [m.to_dict() for m in messages],
-            tools=self.tools,
-            add_generation_prompt=add_generation_prompt,
-            tokenize=False,
-        )
+        key = (tuple((m.role, m.content) for m in messages), add_generation_prompt)
+        text = self._renders.get(key)
+        if text is None:
+            text = self.tokenizer.apply_chat_template(
+                [m.to_dict() for m in messages],
+                tools=self.tools,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=False,
+            )
+            self._renders[key] = text
+            if len(self._renders) > _RENDER_CACHE_SIZE:
+                self._renders.popitem(last=False)
+        return text
 
     def encode(self, text: str) -> list[int]:
+        if self._backend is not None:
+            return self._backend.encode(text, add_special_tokens=False).ids
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render_ids(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:

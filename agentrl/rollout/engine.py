@@ -5,7 +5,8 @@ One call of `RolloutEngine.run` turns a list of tasks into `Group`s of `Trajecto
     start: the strategy spawns the initial episodes (env.reset(seed) + prompt tokens)
     round: every active episode -> one Generator.generate call (token ids in, ids out)
            -> sampled ids appended with loss mask 1 and their behaviour log-probs
-           -> all env.step(action_text) run concurrently in a thread pool (tools inside)
+           -> all env.step(action_text) run concurrently: envs with a coroutine `astep` (ToolEnv)
+              together on the tools' event loop, others in a thread pool
            -> the template delta (closing + observation + generation prompt) appended, mask 0
            -> the strategy may add branches (forks) of episodes
     until no episode is active; then each episode becomes a Trajectory of its task's Group.
@@ -16,6 +17,7 @@ Generator protocol; the token-space conversation is built by `ChatTemplater`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -27,6 +29,7 @@ from typing import Any, Callable, Sequence
 from agentrl.rollout.chat import ChatTemplater
 from agentrl.rollout.episode import Episode
 from agentrl.rollout.strategies import Strategy
+from agentrl.tools.runner import run_sync
 from agentrl.types import Completion, Group, Message, SamplingParams, Step
 
 
@@ -182,7 +185,7 @@ class RolloutEngine:
             budget["time/generate"] += generate_time / len(active)
 
         t1 = time.perf_counter()
-        results = list(self._pool.map(_safe_step, [e.env for e in active], actions))
+        results = self._step_all([e.env for e in active], actions)
         env_time = time.perf_counter() - t1
 
         # 3. Record the step, append the observation delta (mask 0), decide who is done.
@@ -234,6 +237,18 @@ class RolloutEngine:
 
     # --- helpers -----------------------------------------------------------------------------
 
+    def _step_all(self, envs: list[Any], actions: list[str]) -> list[tuple]:
+        """Step every env once. Envs whose `step` runs a coroutine `astep` are stepped together
+        in one visit to the tools' event loop (one thread hand-off per round instead of one per
+        env, which on two cores cost more than the search itself); any other env makes the
+        whole round run in the thread pool."""
+        if envs and all(_coroutine_step(env) for env in envs):
+            async def step_all() -> list[tuple]:
+                return list(await asyncio.gather(*(_safe_astep(env, action)
+                                                   for env, action in zip(envs, actions))))
+            return run_sync(step_all())
+        return list(self._pool.map(_safe_step, envs, actions))
+
     def _new_episode(self, env: Any, task: dict[str, Any], group_id: int, traj_id: int) -> Episode:
         observation, info = env.reset(seed=task.get("seed"), options=task.get("options"))
         messages = []
@@ -274,10 +289,32 @@ class RolloutEngine:
         return text
 
 
+def _coroutine_step(env: Any) -> bool:
+    """Whether `env.step(a)` is just `env.astep(a)` run to completion: the nearest class that
+    defines `step` also defines `astep` (a subclass or wrapper that overrides `step` alone
+    must keep its own `step`)."""
+    for klass in type(env).__mro__:
+        if "step" in vars(klass):
+            return callable(vars(klass).get("astep"))
+    return False
+
+
+def _env_error(exc: Exception):
+    message = f"Environment error: {type(exc).__name__}: {exc}"
+    return message, 0.0, False, True, {"action_valid": False, "env_error": message}
+
+
 def _safe_step(env: Any, action: str):
     """env.step, with an env crash turned into a terminal, invalid step instead of a lost batch."""
     try:
         return env.step(action)
     except Exception as exc:  # noqa: BLE001 - one broken env must not kill the whole rollout
-        message = f"Environment error: {type(exc).__name__}: {exc}"
-        return message, 0.0, False, True, {"action_valid": False, "env_error": message}
+        return _env_error(exc)
+
+
+async def _safe_astep(env: Any, action: str):
+    """`_safe_step` for an env stepped on the event loop."""
+    try:
+        return await env.astep(action)
+    except Exception as exc:  # noqa: BLE001 - one broken env must not kill the whole rollout
+        return _env_error(exc)

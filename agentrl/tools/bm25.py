@@ -141,7 +141,7 @@ class BM25Index:
         if not queries:
             return []
         k = max(1, min(topk, len(self)))
-        ids, scores = self._model.retrieve(_tokenize(queries), k=k, show_progress=False, n_threads=1)
+        ids, scores = self._model.retrieve(_tokenize(queries), k=k, show_progress=False, n_threads=0)
         results = []
         for row_ids, row_scores in zip(ids, scores):
             results.append([
