@@ -43,8 +43,8 @@ DEMOS: dict[str, list[str]] = {
     # questions x 5 rollouts, one passage per search keeps episodes near 200 tokens, and
     # trajectories are averaged per sequence so that long failed episodes do not outweigh
     # solved ones. The RL learning rate is 1.4e-4 (cosine to a tenth): 3e-4 and 4e-4 gained
-    # less than 2e-4, and 1.4e-4 more (+14.8 and +15.1 in two three-seed runs of seeds 0-2 and
-    # +13.4 for seeds 3-5, against +14.2 over twelve runs of 2e-4).
+    # less than 2e-4, and 1.4e-4 more: +14.8, +13.4 and +16.9 for seeds 0-2, 3-5 and 6-8, +15.0
+    # over the nine seeds, against +14.2 over twelve runs of 2e-4.
     "search": [
         "run.name=search",
         "model.autocast=auto",
