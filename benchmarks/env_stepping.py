@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import machine, write_result
@@ -53,9 +52,8 @@ def run_benchmark(envs: int, repeats: int) -> dict:
 
     make_env = env_factory(load_config(None, demo_overrides("search")))
     engine = RolloutEngine(None, None, None, env_workers=8)
-    pool = ThreadPoolExecutor(max_workers=8)
     ways = {
-        "thread pool (one hand-off per env)": lambda active, actions: list(pool.map(_safe_step, active, actions)),
+        "thread pool (one hand-off per env)": lambda active, actions: list(engine._pool.map(_safe_step, active, actions)),
         "event loop (one hand-off per round)": engine._step_all,
     }
     samples: dict[str, list[float]] = {name: [] for name in ways}
@@ -67,7 +65,6 @@ def run_benchmark(envs: int, repeats: int) -> dict:
             seconds, steps[name] = _play(make_env, seeds, step_round)
             samples[name].append(seconds)
     engine.close()
-    pool.shutdown()
 
     index = world_index(EPISODE_WORLD)
     tokens = _tokenize(["Kunufu"])

@@ -243,10 +243,7 @@ class RolloutEngine:
         env, which on two cores cost more than the search itself); any other env makes the
         whole round run in the thread pool."""
         if envs and all(_coroutine_step(env) for env in envs):
-            async def step_all() -> list[tuple]:
-                return list(await asyncio.gather(*(_safe_astep(env, action)
-                                                   for env, action in zip(envs, actions))))
-            return run_sync(step_all())
+            return run_sync(_astep_all(envs, actions))
         return list(self._pool.map(_safe_step, envs, actions))
 
     def _new_episode(self, env: Any, task: dict[str, Any], group_id: int, traj_id: int) -> Episode:
@@ -310,6 +307,10 @@ def _safe_step(env: Any, action: str):
         return env.step(action)
     except Exception as exc:  # noqa: BLE001 - one broken env must not kill the whole rollout
         return _env_error(exc)
+
+
+async def _astep_all(envs: list[Any], actions: list[str]) -> list[tuple]:
+    return list(await asyncio.gather(*(_safe_astep(env, a) for env, a in zip(envs, actions))))
 
 
 async def _safe_astep(env: Any, action: str):

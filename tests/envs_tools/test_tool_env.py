@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pydantic
@@ -13,7 +14,9 @@ import agentrl.envs  # noqa: F401  (registers the envs)
 from agentrl.envs import make_env
 from agentrl.envs.tasks.qa_reward import exact_match, normalize_answer, qa_reward, token_f1
 from agentrl.envs.tool_env import Episode, Score, Task, ToolEnv
+from agentrl.rollout import ChainStrategy, RolloutEngine
 from agentrl.tools.base import Tool, ToolResult
+from agentrl.types import Completion, SamplingParams
 
 
 class Sleep(Tool):
@@ -70,7 +73,7 @@ class Counter(Tool):
         self.total = 0
 
 
-def _env(**kwargs) -> ToolEnv:
+def _env(cls: type[ToolEnv] = ToolEnv, **kwargs) -> ToolEnv:
     defaults = dict(
         tools=[Sleep(), Broken(), Counter()],
         tasks=[Task("Say 42.", answer="42")],
@@ -79,7 +82,7 @@ def _env(**kwargs) -> ToolEnv:
         call_timeout=0.5,
     )
     defaults.update(kwargs)
-    return ToolEnv(**defaults)
+    return cls(**defaults)
 
 
 def test_answer_terminates_with_reward():
@@ -221,3 +224,82 @@ def test_qa_reward_modes():
     assert arpo(task, ep("lumeva river", tools=("search", "python"))).reward == pytest.approx(1.1)
     with pytest.raises(ValueError, match="unknown QA reward mode"):
         qa_reward("bleu")
+
+
+# --- stepped by the rollout engine ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from agentrl.models import load_model
+
+    return load_model(tiny_model_dir)[1]
+
+
+def _writes(tokenizer, text_of):
+    """A rollout policy that writes `text_of(episode)` as each episode's action."""
+    def act(episodes, params):
+        completions = []
+        for episode in episodes:
+            text = text_of(episode)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            completions.append(Completion(ids, [0.0] * len(ids), "stop", text))
+        return completions
+    return act
+
+
+def test_the_engine_steps_tool_envs_on_the_event_loop_and_keeps_an_overridden_step(tokenizer, monkeypatch):
+    """The rollout engine steps ToolEnvs together through `astep` on the tools' event loop,
+    without a hand-off per env (ToolEnv.step's own `run_sync`); a subclass that overrides
+    `step` alone still has its own `step` called (in the thread pool)."""
+    import agentrl.envs.tool_env as tool_env_module
+
+    seen: list[tuple[str, str]] = []
+    real_run_sync = tool_env_module.run_sync
+
+    def counting_run_sync(coro):
+        seen.append(("run_sync", threading.current_thread().name))
+        return real_run_sync(coro)
+
+    monkeypatch.setattr(tool_env_module, "run_sync", counting_run_sync)
+
+    class Recording(ToolEnv):
+        async def astep(self, action):
+            seen.append(("astep", threading.current_thread().name))
+            return await super().astep(action)
+
+    class OwnStep(ToolEnv):
+        def step(self, action):
+            seen.append(("step", threading.current_thread().name))
+            return super().step(action)
+
+    add_then_answer = _writes(tokenizer, lambda episode: f"<add>{episode.traj_id + 1}</add>"
+                              if episode.turns == 0 else "<answer>42</answer>")
+    for cls in (Recording, OwnStep):
+        with RolloutEngine(None, tokenizer, SamplingParams(), env_workers=2) as engine:
+            groups = engine.run(lambda: _env(cls), [{"seed": 0}], ChainStrategy(3), policy=add_then_answer)
+        observations = sorted(t.steps[0].observation for t in groups[0].trajectories)
+        assert observations == [f"<result>\ntotal {n}\n</result>" for n in (1, 2, 3)]
+        assert all(t.success for t in groups[0].trajectories)
+    kinds = [kind for kind, _ in seen]
+    assert kinds[:6] == ["astep"] * 6  # Recording: no per-env run_sync
+    assert sorted(kinds[6:]) == ["run_sync"] * 6 + ["step"] * 6  # OwnStep: its step, then ToolEnv's
+    assert {thread for kind, thread in seen if kind == "astep"} == {"agentrl-tools-loop"}
+    assert all(thread.startswith("agentrl-env") for kind, thread in seen if kind == "step")
+
+
+def test_a_crashing_astep_ends_that_episode_not_the_batch(tokenizer):
+    class Exploding(ToolEnv):
+        async def astep(self, action):
+            if "boom" in action:
+                raise ValueError("boom")
+            return await super().astep(action)
+
+    boom_or_answer = _writes(tokenizer, lambda episode: "<add>boom</add>" if episode.traj_id == 0
+                             else "<answer>42</answer>")
+    with RolloutEngine(None, tokenizer, SamplingParams()) as engine:
+        groups = engine.run(lambda: _env(Exploding), [{"seed": 0}], ChainStrategy(2), policy=boom_or_answer)
+    crashed, fine = groups[0].trajectories
+    assert crashed.info["truncated"] and not crashed.steps[0].action_valid
+    assert "Environment error: ValueError: boom" in crashed.steps[0].observation
+    assert fine.success

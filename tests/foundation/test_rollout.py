@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
@@ -191,107 +189,6 @@ def test_demonstrations_can_make_one_mistake_anywhere_and_recover(policy):
             assert sum(t.loss_mask[start:end]) == 0
         trained = [s for s in t.steps if s not in failed]
         assert all(sum(t.loss_mask[a:b]) == b - a for a, b in (s.action_span for s in trained))
-
-
-def _tool_env_class():
-    """A ToolEnv with one stateful tool (`<add>n</add>` adds to a total) and the answer 42."""
-    import pydantic
-
-    from agentrl.envs.tool_env import Task, ToolEnv
-    from agentrl.tools.base import Tool, ToolResult
-
-    class Add(Tool):
-        name = "add"
-        description = "Add a number to the total."
-        primary_arg = "n"
-        stateful = True
-
-        class Args(pydantic.BaseModel):
-            n: int
-
-        def __init__(self):
-            self.total = 0
-
-        async def call(self, args):
-            self.total += args.n
-            return ToolResult(f"total {self.total}")
-
-    def make(cls=ToolEnv):
-        return cls(tools=[Add()], tasks=[Task("Say 42.", answer="42")],
-                   reward_fn=lambda task, episode: float(episode.answer == task.answer), max_turns=3)
-
-    return ToolEnv, make
-
-
-def _add_then_answer(tokenizer):
-    def act(episodes, params):
-        texts = ["<add>" + str(episode.traj_id + 1) + "</add>" if episode.turns == 0 else "<answer>42</answer>"
-                 for episode in episodes]
-        return [Completion(tokenizer(t, add_special_tokens=False)["input_ids"], [0.0], "stop", t) for t in texts]
-    return act
-
-
-def test_tool_envs_step_on_the_event_loop_and_an_overridden_step_is_kept(policy, monkeypatch):
-    """ToolEnvs are stepped together through `astep` on the tools' event loop, without a
-    hand-off per env (ToolEnv.step's own `run_sync`); a subclass that overrides `step` alone
-    still has its own `step` called (in the thread pool)."""
-    import agentrl.envs.tool_env as tool_env_module
-
-    _, tokenizer = policy
-    ToolEnv, make = _tool_env_class()
-    seen: list[tuple[str, str]] = []
-    real_run_sync = tool_env_module.run_sync
-
-    def counting_run_sync(coro):
-        seen.append(("run_sync", threading.current_thread().name))
-        return real_run_sync(coro)
-
-    monkeypatch.setattr(tool_env_module, "run_sync", counting_run_sync)
-
-    class Recording(ToolEnv):
-        async def astep(self, action):
-            seen.append(("astep", threading.current_thread().name))
-            return await super().astep(action)
-
-    class OwnStep(ToolEnv):
-        def step(self, action):
-            seen.append(("step", threading.current_thread().name))
-            return super().step(action)
-
-    for cls in (Recording, OwnStep):
-        with RolloutEngine(None, tokenizer, SamplingParams(), env_workers=2) as engine:
-            groups = engine.run(lambda: make(cls), [{"seed": 0}], ChainStrategy(3),
-                                policy=_add_then_answer(tokenizer))
-        observations = sorted(t.steps[0].observation for t in groups[0].trajectories)
-        assert observations == [f"<result>\ntotal {n}\n</result>" for n in (1, 2, 3)]
-        assert all(t.success for t in groups[0].trajectories)
-    kinds = [kind for kind, _ in seen]
-    assert kinds[:6] == ["astep"] * 6  # Recording: no per-env run_sync
-    assert sorted(kinds[6:]) == ["run_sync"] * 6 + ["step"] * 6  # OwnStep: its step, then ToolEnv's
-    assert {thread for kind, thread in seen if kind == "astep"} == {"agentrl-tools-loop"}
-    assert all(thread.startswith("agentrl-env") for kind, thread in seen if kind == "step")
-
-
-def test_a_crashing_astep_ends_that_episode_not_the_batch(policy):
-    _, tokenizer = policy
-    ToolEnv, make = _tool_env_class()
-
-    class Exploding(ToolEnv):
-        async def astep(self, action):
-            if "boom" in action:
-                raise ValueError("boom")
-            return await super().astep(action)
-
-    def act(episodes, params):
-        texts = ["<add>boom</add>" if episode.traj_id == 0 else "<answer>42</answer>" for episode in episodes]
-        return [Completion(tokenizer(t, add_special_tokens=False)["input_ids"], [0.0], "stop", t) for t in texts]
-
-    with RolloutEngine(None, tokenizer, SamplingParams()) as engine:
-        groups = engine.run(lambda: make(Exploding), [{"seed": 0}], ChainStrategy(2), policy=act)
-    crashed, fine = groups[0].trajectories
-    assert crashed.info["truncated"] and not crashed.steps[0].action_valid
-    assert "Environment error: ValueError: boom" in crashed.steps[0].observation
-    assert fine.success
 
 
 def test_encoding_uses_the_same_ids_as_the_tokenizer_and_renders_are_memoised(policy):
