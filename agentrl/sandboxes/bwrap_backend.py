@@ -8,7 +8,8 @@ Isolation, from the outside in:
 - the file system is an empty tmpfs root with only the interpreter's directories bound
   read-only, a minimal /etc written for the sandbox, a private /proc and /dev, and size-capped
   tmpfs mounts for the work dir, /tmp and /dev/shm;
-- the environment is cleared and rebuilt from an allowlist;
+- bubblewrap itself starts with an empty environment (it stays in the sandbox as pid 1, whose
+  /proc/1/environ the code can read), and the server's is rebuilt from an allowlist;
 - a seccomp filter (see `seccomp`) denies ptrace, keyrings, mounts, namespaces, BPF, io_uring;
 - rlimits bound memory (address space), processes, file size, open files and CPU time; the
   server applies them to itself before it reads any program, so every process inherits them;
@@ -204,6 +205,10 @@ class BwrapSandbox(Sandbox):
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                # bubblewrap stays in the sandbox as its pid 1, and sandboxed code can read
+                # /proc/1/environ: it gets no variable at all (--clearenv only empties the
+                # environment of the command it starts; the server's comes from --setenv).
+                env={},
                 pass_fds=tuple(fds.values()),
                 start_new_session=True,
                 **user,

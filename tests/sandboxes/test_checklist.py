@@ -7,6 +7,7 @@ no process, container, temp entry, mount or file descriptor was left behind.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import threading
@@ -16,6 +17,7 @@ import uuid
 import pytest
 
 from agentrl.sandboxes import SandboxError, SandboxPool
+from agentrl.sandboxes.sandbox import SANDBOX_ENV, WORKDIR
 from .conftest import SMALL
 
 
@@ -262,6 +264,54 @@ def test_08_environment_is_an_allowlist(make_sandbox, monkeypatch):
     assert set(names) <= {"PATH", "HOME", "LANG", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE",
                           "PYTHONIOENCODING", "HOSTNAME", "PWD"}
     assert result.stdout.splitlines()[1] == "False"
+
+
+def test_08_no_process_in_the_sandbox_exposes_the_host_environment(make_sandbox, monkeypatch):
+    # What any process of the sandbox may carry in its environment: the allowlist with its fixed
+    # values, plus what the runtime itself sets (docker: HOSTNAME; a shell or os.chdir: PWD).
+    allowed = {f"{name}={value}".encode() for name, value in SANDBOX_ENV.items()}
+    allowed |= {b"HOSTNAME=sandbox", f"PWD={WORKDIR}".encode()}
+    secret = f"agentrl-secret-{uuid.uuid4().hex}"
+    monkeypatch.setenv("AGENTRL_TEST_SECRET", secret)
+    # Room in the output for every process's command line (the server's source is one argument).
+    sandbox = make_sandbox(max_output_bytes=1 << 20, output_limit_bytes=4 << 20)
+    # A child process is started first, so the check covers more than the server and pid 1.
+    result = sandbox.run(
+        "import json, os, subprocess\n"
+        "child = subprocess.Popen(['sleep', '30'])\n"
+        "seen = {}\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    for part in ('environ', 'cmdline'):\n"
+        "        try:\n"
+        "            seen[f'{pid}/{part}'] = open(f'/proc/{pid}/{part}', 'rb').read().hex()\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print(json.dumps(seen))"
+    )
+    assert result.ok, result.stderr
+    seen = {where: bytes.fromhex(raw) for where, raw in json.loads(result.stdout).items()}
+    environs = {where: raw for where, raw in seen.items() if where.endswith("/environ")}
+    # pid 1 (bwrap or docker-init), the server, its child and "self": nothing was skipped.
+    assert {"1/environ", "self/environ"} <= set(environs) and len(environs) >= 4, sorted(environs)
+    # Findings name the place and the variable, never the value (a test log is no place for it).
+    findings = [f"/proc/{where} holds AGENTRL_TEST_SECRET" for where, raw in seen.items() if secret.encode() in raw]
+    for where, raw in environs.items():
+        for entry in raw.split(b"\0"):
+            if entry and entry not in allowed:
+                findings.append(f"/proc/{where} holds {entry.split(b'=')[0].decode(errors='replace')}")
+    # Every other variable of the host: its value is no argument of any process either (values
+    # shorter than 8 characters, such as "1" or "yes", match by chance and are not checked).
+    own = set(SANDBOX_ENV.values()) | {"sandbox", WORKDIR}
+    host_values = {
+        name: value.encode()
+        for name, value in os.environ.items()
+        if len(value) >= 8 and value not in own and name != "AGENTRL_SANDBOX_PYTHON"
+    }
+    for where, raw in seen.items():
+        if where.endswith("/cmdline"):
+            arguments = set(raw.split(b"\0"))
+            findings += [f"/proc/{where} holds the value of {name}" for name, value in host_values.items() if value in arguments]
+    assert not findings, "the host environment reaches the sandbox:\n" + "\n".join(findings)
 
 
 def test_08_host_processes_are_invisible(sandbox):
