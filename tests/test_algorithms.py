@@ -1,4 +1,4 @@
-"""Advantage estimators: the worked vectors of ALGORITHMS.md plus hand-computed properties."""
+"""Advantage estimators: the worked vectors of docs/algorithms.md plus hand-computed properties."""
 
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ def test_grpo_loo_by_hand() -> None:
     np.testing.assert_allclose(got, [-3.0, -1.5, 4.5])
 
 
-@pytest.mark.parametrize(("norm", "expected"), [("std", 0.7), ("mean", 0.7), ("loo", 0.0)])
-def test_grpo_singleton_group(norm: str, expected: float) -> None:
+@pytest.mark.parametrize("norm", ["std", "mean", "loo"])
+def test_grpo_singleton_group_passes_its_reward_through(norm: str) -> None:
+    # Every mode, RLOO included: a group of one has mean 0 and std 1 (the reference code's
+    # convention), so its reward is its advantage.
     got = grpo_advantages([0.7, 1.0, 0.0], [("task", 1), ("task", 2), ("task", 2)], norm=norm)
-    assert got[0] == pytest.approx(expected)
+    assert got[0] == pytest.approx(0.7)
     assert got[1] == -got[2] != 0.0
 
 
@@ -74,7 +76,7 @@ def test_grpo_rejects_bad_input() -> None:
 
 # ---------------------------------------------------------------- GiGPO
 
-# ALGORITHMS.md section 2: trajectory A anchors [s0, s1] rewards [0, 10];
+# docs/algorithms.md, GiGPO: trajectory A anchors [s0, s1] rewards [0, 10];
 # trajectory B anchors [s0, s2, s1] rewards [0, 0, 0]. Rows A0 A1 B0 B1 B2.
 WORKED = {
     "step_rewards": [0.0, 10.0, 0.0, 0.0, 0.0],
@@ -140,8 +142,30 @@ def test_gigpo_row_order_and_per_group_traj_ids() -> None:
     np.testing.assert_allclose(got[5:], [1.0, -1.0])
 
 
-def test_gigpo_single_trajectory_group_passes_return_through() -> None:
-    got = gigpo_advantages([1.0, 2.0], [0, 0], ["g", "g"], ["x", "y"], norm="std")
+@pytest.mark.parametrize("norm", ["mean", "std"])
+def test_gigpo_single_trajectory_group_is_normalised_over_its_step_rows(norm: str) -> None:
+    # episode_stats="steps" (reference): the statistics are over the group's two step rows,
+    # which hold the same return, so the episode term is 0; only a single row passes through.
+    got = gigpo_advantages([1.0, 2.0], [0, 0], ["g", "g"], ["x", "y"], norm=norm)
+    np.testing.assert_allclose(got, [0.0, 0.0])
+    single_row = gigpo_advantages([3.0], [0], ["g"], ["x"], norm=norm)
+    np.testing.assert_allclose(single_row, [3.0])
+
+
+def test_gigpo_single_trajectory_steps_stats_see_the_invalid_penalty() -> None:
+    # One trajectory; its second action was invalid: its rows hold 3 and 3 - 0.5, whose mean
+    # (2.75) is the baseline, so the rows differ by the penalty.
+    got = gigpo_advantages([1.0, 2.0], [0, 0], ["g", "g"], ["x", "y"], norm="mean",
+                           invalid=[False, True], invalid_penalty=0.5)
+    np.testing.assert_allclose(got, [0.25, -0.25])
+
+
+@pytest.mark.parametrize("norm", ["mean", "std"])
+def test_gigpo_single_trajectory_group_with_trajectory_stats_passes_return_through(
+    norm: str,
+) -> None:
+    got = gigpo_advantages([1.0, 2.0], [0, 0], ["g", "g"], ["x", "y"], norm=norm,
+                           episode_stats="trajectories")
     np.testing.assert_allclose(got, [3.0, 3.0])
 
 
@@ -173,6 +197,21 @@ def test_similarity_clusters_first_fit_against_representative() -> None:
     assert cluster_anchors([x, y, z], 0.8) == [0, 0, 1]
     assert cluster_anchors([x, y, z], None) == [0, 1, 2]
     assert cluster_anchors([("pos", 1), ("pos", 1), 3], 0.9) == [0, 0, 1]
+
+
+# A Sokoban-like grid of 219 characters; in the second the player (P) moved one cell right.
+GRID = "\n".join(["##########", "#___O____#", "#__X_____#", "#___P____#", "#________#"] * 4)
+GRID_MOVED = GRID.replace("#___P____#", "#____P___#", 1)
+
+
+def test_similarity_uses_difflib_default_autojunk_as_the_reference() -> None:
+    # From 200 characters on, difflib's default autojunk treats characters that make up more
+    # than 1% of the text ('#', '_', newlines) as junk; the reference code keeps that default,
+    # so these two grids are far apart (ratio 0.17), not near-duplicates (0.995 without it).
+    assert len(GRID) >= 200
+    assert difflib.SequenceMatcher(None, GRID, GRID_MOVED).ratio() < 0.5
+    assert difflib.SequenceMatcher(None, GRID, GRID_MOVED, autojunk=False).ratio() > 0.95
+    assert cluster_anchors([GRID, GRID_MOVED, GRID], 0.95) == [0, 1, 0]
 
 
 def test_gigpo_similarity_anchors_reproduce_worked_vector() -> None:
@@ -210,17 +249,53 @@ def test_ufo_worked_vector() -> None:
     assert ufo_return(["4", " 4", "5"], solved_turn=3) == pytest.approx(0.083333, abs=1e-6)
 
 
-def test_ufo_return_cases() -> None:
-    assert ufo_return(["42"], solved_turn=1) == 1.0
-    assert ufo_return(["a", "b"], solved_turn=2) == 0.5
-    # Unsolved, one repeated answer ("A" == "a"), one malformed turn.
-    assert ufo_return(["a", "A"], solved_turn=None, malformed_turns=1) == pytest.approx(-0.35)
+@pytest.mark.parametrize("turn_counting", ["reference", "paper"])
+def test_ufo_return_cases_without_malformed_turns(turn_counting: str) -> None:
+    # With every turn valid, both countings agree.
+    count = {"turn_counting": turn_counting}
+    assert ufo_return(["42"], solved_turn=1, **count) == 1.0
+    assert ufo_return(["a", "b"], solved_turn=2, **count) == 0.5
+    assert ufo_return(["4", " 4", "5"], solved_turn=3, **count) == pytest.approx(0.083333, abs=1e-6)
+    # Unsolved after two valid answers, the same one twice ("A" == "a").
+    assert ufo_return(["a", "A"], solved_turn=None, **count) == pytest.approx(-0.25)
+    assert ufo_return(["x", "x"], None, lam=0.0, format_penalty=0.0, **count) == 0.0
+
+
+def test_ufo_reference_counting_malformed_turns_do_not_advance_the_decay() -> None:
+    # Malformed, then correct: the correct answer is the first valid one, 1.0 - 0.1.
+    assert ufo_return(["7"], solved_turn=2, malformed_turns=1) == pytest.approx(0.9)
+    # Wrong, malformed, correct: the second valid answer, 0.5 - 0.1.
+    assert ufo_return(["6", "7"], solved_turn=3, malformed_turns=1) == pytest.approx(0.4)
+
+
+def test_ufo_reference_counting_unsolved_with_malformed_turns_has_no_repetition_penalty() -> None:
+    # The reference env charges the repetition penalty when it ends itself: a correct answer,
+    # or max_turns valid answers. Malformed turns leave it short of that when the turn limit
+    # stops the episode, so only the format penalty remains.
+    assert ufo_return(["a", "A"], solved_turn=None, malformed_turns=1) == pytest.approx(-0.1)
     assert ufo_return([], solved_turn=None, malformed_turns=2) == pytest.approx(-0.2)
-    assert ufo_return(["x", "x"], None, lam=0.0, format_penalty=0.0) == 0.0
+    # Solved episodes always carry it: wrong "a" twice, malformed, correct "b".
+    assert ufo_return(["a", "a", "b"], solved_turn=4, malformed_turns=1) == pytest.approx(
+        0.25 - 0.5 * (1 - 2 / 3) - 0.1
+    )
+
+
+def test_ufo_paper_counting_keeps_every_turn() -> None:
+    paper = {"turn_counting": "paper"}
+    assert ufo_return(["7"], solved_turn=2, malformed_turns=1, **paper) == pytest.approx(0.4)
+    assert ufo_return(["a", "A"], solved_turn=None, malformed_turns=1, **paper) == pytest.approx(-0.35)
+    assert ufo_return([], solved_turn=None, malformed_turns=2, **paper) == pytest.approx(-0.2)
+
+
+def test_ufo_return_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="malformed_turns"):
         ufo_return(["1", None], None)  # type: ignore[list-item]
     with pytest.raises(ValueError, match="1-based"):
         ufo_return(["1"], solved_turn=0)
+    with pytest.raises(ValueError, match="solved_turn"):
+        ufo_return(["1", "2"], solved_turn=1)  # the correct answer ends the episode
+    with pytest.raises(ValueError, match="turn_counting"):
+        ufo_return(["1"], solved_turn=1, turn_counting="turns")  # type: ignore[arg-type]
 
 
 def test_normalize_answer() -> None:

@@ -9,9 +9,9 @@
 Default: norm="std", the convention of the GRPO paper and of most reference code, so results
 are comparable with published numbers. `std` is unbiased (ddof=1); eps is added to the std.
 
-Groups of size 1: for "std" and "mean" the group has mean 0 and std 1, so the reward passes
-through unchanged (ALGORITHMS.md notation). For "loo" there is no other sample to serve as the
-baseline, so a singleton gets 0 (no learning signal rather than an unbaselined reward).
+Groups of size 1: in every mode the group has mean 0 and std 1, so the reward passes through
+unchanged. For "loo" there is no other sample to serve as the baseline; the reference code
+then uses the reward itself, as for GRPO (docs/algorithms.md).
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ def grpo_advantages(
     for idx in group_indices(group_ids).values():
         group = values[idx]
         n = len(idx)
-        if norm == "loo":
+        if n == 1:
+            advantages[idx] = group  # mean 0, std 1 (RLOO: baseline 0): passes through unchanged
+        elif norm == "loo":
             # Baseline of sample i is the mean of the n-1 others: (sum - R_i) / (n - 1).
-            advantages[idx] = 0.0 if n == 1 else group - (group.sum() - group) / (n - 1)
-        elif n == 1:
-            advantages[idx] = group  # mean 0, std 1: passes through unchanged
+            advantages[idx] = group - (group.sum() - group) / (n - 1)
         else:
             advantages[idx] = normalize(group, norm, eps)
     return advantages

@@ -14,13 +14,18 @@ Defaults follow the reference code (verl-agent) so that results match published 
 - episode_stats="steps": the episode mean/std are taken over all step rows of the group, so a
   trajectory with T steps counts T times. episode_stats="trajectories" is paper Eq. 3 (one
   entry per trajectory).
-- A step group of size 1 gets A_S = 0, while an episode group with one trajectory passes its
-  return through (mean 0, std 1), as in GRPO.
+- A step group of size 1 gets A_S = 0. The episode statistics of a group with a single entry
+  (one step row with "steps", one trajectory with "trajectories") are mean 0 and std 1, so
+  that value passes through, as in GRPO. With "steps", a group holding one trajectory of
+  several steps has several entries and is normalised over its step rows like any other.
 
 Similarity anchors: with `similarity=threshold`, string anchors are clustered greedily in row
 order; a row joins the first cluster whose representative (its first member) has a
 difflib.SequenceMatcher ratio >= threshold with it (the reference uses 0.95 by default for
 text observations that differ in irrelevant details). Non-string anchors still need equality.
+The matcher keeps difflib's default autojunk=True, as the reference does: from 200 characters
+on, characters that make up more than 1% of a text count as junk, which lowers the ratio of
+long texts over a small alphabet (a grid of '#' and '_') a lot.
 
 Invalid actions: with `invalid` flags and `invalid_penalty` c > 0 (reference 0.1), c is
 subtracted *after* discounting from the value of each invalid row, so it never propagates to
@@ -90,7 +95,7 @@ def _similar(a: Hashable, b: Hashable, threshold: float) -> bool:
     if isinstance(a, str) and isinstance(b, str):
         if a == b:
             return True
-        return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= threshold
+        return difflib.SequenceMatcher(None, a, b).ratio() >= threshold  # autojunk as the reference
     return a == b
 
 
@@ -161,10 +166,10 @@ def gigpo_advantages(
         # A_E. Statistics over step rows (a trajectory weighs its length) or over trajectories.
         values = episode_value[rows]
         first_rows = first_rows_by_group[group_id]
-        if len(first_rows) == 1:
-            episode_term = values  # one trajectory: mean 0, std 1, its return passes through
+        stats = values if episode_stats == "steps" else episode_return[first_rows]
+        if len(stats) == 1:
+            episode_term = values  # a single entry: mean 0, std 1, its value passes through
         else:
-            stats = values if episode_stats == "steps" else episode_return[first_rows]
             episode_term = values - stats.mean()
             if norm == "std":
                 episode_term = episode_term / (stats.std(ddof=1) + eps)

@@ -65,8 +65,9 @@ def test_try_again_feedback_turn_limit_and_ufo_return():
     assert info["action_valid"] is False and "<answer>" in obs
     obs, r, term, trunc, info = env.step(right)
     assert term and info["success"] and info["solved_turn"] == 4
-    # 2^-(4-1) - 0.5 * (1 - distinct/valid) - 0.1 * malformed = 0.125 - 0.5 * (1 - 2/3) - 0.1
-    assert r == pytest.approx(0.125 - 0.5 * (1 - 2 / 3) - 0.1)
+    # The correct answer is the third valid one (the malformed turn does not count):
+    # 2^-(3-1) - 0.5 * (1 - distinct/valid) - 0.1 * malformed = 0.25 - 0.5 * (1 - 2/3) - 0.1
+    assert r == pytest.approx(0.25 - 0.5 * (1 - 2 / 3) - 0.1)
 
 
 def test_try_again_ends_after_max_turns_unsolved():
