@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -85,12 +86,27 @@ class RolloutConfig(_Section):
 
 
 class AlgorithmConfig(_Section):
+    """Advantage estimator, loss and group filter (docs/algorithms.md)."""
+
     advantage: Literal["grpo", "gigpo"] = "grpo"
+    #: "std" (GRPO), "mean" (Dr. GRPO; GiGPO's reference default) or "loo" (RLOO, GRPO only).
     norm: Literal["std", "mean", "loo"] = "std"
     gamma: float = Field(0.95, ge=0.0, le=1.0)
     omega: float = 1.0
+    #: GiGPO episode statistics: "steps" (reference code: over the group's step rows) or
+    #: "trajectories" (paper Eq. 3: one entry per trajectory).
+    episode_stats: Literal["steps", "trajectories"] = "steps"
+    #: GiGPO step groups: None groups equal anchors only; a difflib ratio (the reference
+    #: uses 0.95) also groups text anchors that are that similar.
+    similarity: float | None = Field(None, ge=0.0, le=1.0)
+    #: GiGPO: subtracted from the value of each step whose action was invalid, after
+    #: discounting (the reference code uses 0.1).
+    invalid_penalty: float = Field(0.0, ge=0.0)
     clip_low: float = Field(0.2, ge=0.0)
     clip_high: float = Field(0.2, ge=0.0)
+    #: Dual-clip bound c > 1: for a negative advantage the loss is at most -c * A
+    #: (None: off; 3.0 is the usual value).
+    dual_clip: float | None = Field(None, gt=1.0)
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
     level: Literal["token", "sequence"] = "token"
     kl_coef: float = Field(0.0, ge=0.0)
@@ -98,6 +114,18 @@ class AlgorithmConfig(_Section):
     entropy_coef: float = 0.0
     group_filter: Literal["none", "dynamic", "top_std"] = "none"
     top_std_fraction: float = Field(0.25, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _gigpo_norm(self) -> AlgorithmConfig:
+        # RLOO's leave-one-out baseline has no GiGPO counterpart (neither the paper nor the
+        # reference code defines one); refuse it rather than silently use another norm.
+        if self.advantage == "gigpo" and self.norm == "loo":
+            raise PydanticCustomError(
+                "gigpo_norm",
+                "algorithm.norm=loo (RLOO) is for advantage=grpo only; with advantage=gigpo set "
+                "algorithm.norm=mean (the reference default) or algorithm.norm=std",
+            )
+        return self
 
 
 class TrainConfig(_Section):

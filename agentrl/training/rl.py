@@ -273,8 +273,9 @@ class RLTrainer:
             [(trajs[i].group_id, trajs[i].traj_id) for i, _ in rows],
             [trajs[i].group_id for i, _ in rows],
             [s.anchor for _, s in rows],
-            gamma=acfg.gamma, omega=acfg.omega,
-            norm="std" if acfg.norm == "std" else "mean",
+            gamma=acfg.gamma, omega=acfg.omega, norm=acfg.norm,  # the config refuses "loo"
+            episode_stats=acfg.episode_stats, similarity=acfg.similarity,
+            invalid=[not s.action_valid for _, s in rows], invalid_penalty=acfg.invalid_penalty,
         )
         out, k = [], 0
         for t in trajs:
@@ -370,7 +371,7 @@ class RLTrainer:
                                            prefix_plan=plan)
         loss, metrics = policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.loss_mask,
                                     clip_low=acfg.clip_low, clip_high=acfg.clip_high,
-                                    agg=acfg.agg, level=acfg.level)
+                                    dual_clip=acfg.dual_clip, agg=acfg.agg, level=acfg.level)
         parts = {"loss/policy": float(loss.item()), **metrics}
         mean_entropy = aggregate(entropy, batch.loss_mask, acfg.agg)
         parts["policy/entropy"] = float(mean_entropy.item())
