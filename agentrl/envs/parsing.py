@@ -19,7 +19,8 @@ code or JSON, and `<think>...</think>` reasoning (ignored, so a tag mentioned wh
 not a call). A last call whose closing tag is botched (`<search> Gufas</</`) is refused.
 
 The first complete tag decides what the turn is: if it is the answer, the turn answers (later
-calls are ignored); otherwise the turn's calls run (a later answer is ignored).
+calls are ignored); otherwise the turn's calls run (a later answer is ignored). An answer tag
+with nothing but whitespace inside is not an answer but a malformed turn (`empty_answer`).
 
 Every way a turn can be malformed gives one `ActionError` with a short, stable message for the
 model (the same mistake always reads the same, so a small model can learn from it) and a `kind`
@@ -50,6 +51,7 @@ class InvalidKind(str, enum.Enum):
     INVALID_ARGUMENTS = "invalid_arguments"  # arguments that violate the tool's schema
     TOO_MANY_CALLS = "too_many_calls"  # more calls in one turn than allowed
     TOOL_BUDGET = "tool_budget"        # the episode's tool-call budget is spent (set by ToolEnv)
+    EMPTY_ANSWER = "empty_answer"      # an answer tag with nothing but whitespace inside
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,21 @@ def validate_call(name: str, arguments: dict[str, Any], tools: Mapping[str, Tool
     return ToolCall(name=name, arguments=dict(arguments), args=args)
 
 
+def answer_action(body: str, answer_tag: str) -> ParsedAction:
+    """The turn's final answer, stripped; an empty one is a malformed answer, not an answer.
+
+    `<answer></answer>` names no answer at all; taking it as one would let a policy end an
+    episode for free and dodge the format penalty of rewards that have one (UFO, ARPO).
+    """
+    answer = body.strip()
+    if not answer:
+        return ParsedAction(error=ActionError(
+            InvalidKind.EMPTY_ANSWER,
+            f"Invalid action: the answer is empty. Write it inside <{answer_tag}>...</{answer_tag}>.",
+        ))
+    return ParsedAction(answer=answer)
+
+
 def _too_many(count: int, max_calls: int) -> ActionError:
     return ActionError(
         InvalidKind.TOO_MANY_CALLS, f"Too many tool calls: {count} in one turn, at most {max_calls} allowed."
@@ -210,7 +227,7 @@ class XmlFormat:
         if not found:
             return ParsedAction(error=ActionError(InvalidKind.NO_ACTION, self._no_action(tag_map)))
         if found[0][0] == self.answer_tag:
-            return ParsedAction(answer=found[0][1].strip())
+            return answer_action(found[0][1], self.answer_tag)
 
         calls: list[ToolCall] = []
         for tag, body in found:
@@ -322,7 +339,7 @@ class HermesFormat:
                 f"or answer with <{self.answer_tag}>...</{self.answer_tag}>.",
             ))
         if found[0][0] == self.answer_tag:
-            return ParsedAction(answer=found[0][1].strip())
+            return answer_action(found[0][1], self.answer_tag)
 
         bodies = [body for tag, body in found if tag == self.call_tag]
         if len(bodies) > max_calls:

@@ -208,3 +208,53 @@ def test_xml_body_prefix_renders_a_spaced_body_and_parses_either_form():
 def test_get_format_names_an_unknown_option():
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['prefix'\].*valid options: .*body_prefix"):
         get_format({"name": "xml", "prefix": " "})
+
+
+# --- an empty answer is a malformed answer ------------------------------------------------------
+
+EMPTY_ANSWERS = ["<answer></answer>", "<answer>   </answer>", "<answer>\n</answer>",
+                 "<think>x</think><answer> </answer>", "<answer>"]
+
+
+@pytest.mark.parametrize("fmt", [XML, HERMES, get_format({"name": "xml", "body_prefix": " "})],
+                         ids=["xml", "hermes", "xml-spaced"])
+@pytest.mark.parametrize("text", EMPTY_ANSWERS)
+def test_an_empty_answer_is_invalid(fmt, text):
+    parsed = fmt.parse(text, TOOLS)
+    assert not parsed.valid and parsed.answer is None and not parsed.calls
+    assert parsed.error.kind is InvalidKind.EMPTY_ANSWER
+    assert parsed.error.message == "Invalid action: the answer is empty. Write it inside <answer>...</answer>."
+
+
+def test_an_answer_of_only_punctuation_is_still_an_answer():
+    assert XML.parse("<answer>0</answer>", TOOLS).answer == "0"
+    assert HERMES.parse("<answer>-</answer>", TOOLS).answer == "-"
+
+
+def test_an_empty_answer_is_an_invalid_action_with_the_arpo_format_penalty():
+    from agentrl.envs.tasks.search_qa import SearchQA
+
+    env = SearchQA(reward="arpo")
+    env.reset(seed=0)
+    observation, reward, terminated, truncated, info = env.step("<answer></answer>")
+    assert info["action_valid"] is False and not terminated and not truncated
+    assert info["invalid/empty_answer"] == 1 and "answer is empty" in observation
+    # The episode goes on; a right answer afterwards still gets ARPO's -1 for the bad turn.
+    assert env.step(f"<answer>{env.episode.task.answer}</answer>")[1] == -1.0
+
+
+def test_an_empty_answer_is_malformed_for_arithmetic_and_its_try_again_turn():
+    from agentrl.envs import make_env
+
+    env = make_env("agentrl/Arithmetic-v0")
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step("<answer> </answer>")
+    assert info["action_valid"] is False and info["answer"] is None and reward == 0.0
+
+    env = make_env("agentrl/ArithmeticTryAgain-v0", max_turns=5)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step("<answer></answer>")
+    assert info["action_valid"] is False and info["malformed_turns"] == 1 and info["answers"] == []
+    _, reward, terminated, _, _ = env.step(env.oracle_action())
+    # UFO: the malformed turn costs the format penalty; the right answer is the first valid one.
+    assert terminated and reward == pytest.approx(1.0 - 0.1)

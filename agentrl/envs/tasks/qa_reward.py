@@ -8,9 +8,10 @@ Modes (`qa_reward(mode)`):
 
 - "em" (default, Search-R1): 1 if the answer exactly matches a golden answer, else 0.
 - "f1": token F1 against the best golden answer.
-- "arpo" (ALGORITHMS.md section 4): -1 if the format is invalid, 0 if F1 is 0, F1 otherwise,
+- "arpo" (docs/algorithms.md, ARPO): -1 if the format is invalid, 0 if F1 is 0, F1 otherwise,
   F1 + 0.1 if both the search and the python tools were used. The format is invalid when the
-  episode ended without an answer or any turn was an invalid action.
+  episode ended without an answer or any turn was an invalid action (an empty
+  `<answer></answer>` is one).
 
 In every mode an episode counts as a success when the answer exactly matches.
 """
