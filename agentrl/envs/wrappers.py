@@ -7,9 +7,11 @@ Wrappers compose: `TryAgain(MyTask(...), max_turns=5)`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, SupportsFloat
 
 from agentrl.algorithms import ufo_return
+from agentrl.algorithms.ufo import TurnCounting
 from agentrl.envs.base import TextEnv
 
 #: The unary feedback of the UFO reference code (the paper writes "Try again").
@@ -59,6 +61,16 @@ class TextWrapper(TextEnv):
     def close(self) -> None:
         self.env.close()
 
+    def fork(self) -> TextWrapper:
+        """A copy around a fork of the wrapped env: the env knows how to copy what it holds
+        (a tool env forks its sandboxes and shares its search index), which a deep copy of the
+        wrapper would not."""
+        twin = copy.copy(self)
+        twin.env = self.env.fork()
+        twin._transcript = list(self._transcript)
+        twin._np_random = copy.deepcopy(self._np_random)
+        return twin
+
     def oracle_action(self) -> str:
         return self.env.oracle_action()
 
@@ -78,7 +90,8 @@ class TryAgain(TextWrapper):
     Rewards: 0 on every turn but the last, which carries the UFO return of the whole episode
     (`agentrl.algorithms.ufo_return`): 2^-(t*-1) when first solved at turn t*, minus the
     repeated-answer penalty `lam * (1 - distinct/valid)`, minus `format_penalty` per turn
-    whose answer was missing or malformed.
+    whose answer was missing or malformed. `turn_counting` says which turns count: "reference"
+    (only turns with a valid answer, as the reference code) or "paper" (every turn).
     `info["solved_turn"]` (1-based, or None) and `info["answers"]` feed Succ@k and the
     unique-answer ratio.
     """
@@ -90,10 +103,14 @@ class TryAgain(TextWrapper):
         feedback: str = DEFAULT_FEEDBACK,
         lam: float = 0.5,
         format_penalty: float = 0.1,
+        turn_counting: TurnCounting = "reference",
     ) -> None:
         super().__init__(env)
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        if turn_counting not in ("reference", "paper"):
+            raise ValueError(f"turn_counting must be 'reference' or 'paper', got {turn_counting!r}")
+        self.turn_counting = turn_counting
         self._max_turns = max_turns
         self.feedback = feedback
         self.lam = lam
@@ -111,6 +128,7 @@ class TryAgain(TextWrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         observation, info = super().reset(seed=seed, options=options)
+        self._close_task()  # the previous episode's copy
         # A pristine copy of the task: every turn answers a fresh fork of it.
         self._task = self.env.fork()
         self._base_anchor = info.get("anchor")
@@ -125,7 +143,12 @@ class TryAgain(TextWrapper):
         if self._done or self._task is None:
             raise RuntimeError("step() called after the episode ended; call reset() first")
         attempt = self._task.fork()
-        inner_obs, _, _, _, inner_info = attempt.step(action)
+        try:
+            inner_obs, _, _, _, inner_info = attempt.step(action)
+        finally:
+            # The attempt may hold a sandbox or a browser session (a tool env under TryAgain):
+            # give it back now, not when the run ends.
+            attempt.close()
         self._turn += 1
         answer = inner_info.get("answer")
         valid = bool(inner_info.get("action_valid", True)) and answer is not None
@@ -140,7 +163,8 @@ class TryAgain(TextWrapper):
         reward = 0.0
         if self._done:
             reward = ufo_return(self._answers, solved_turn, self._malformed,
-                                lam=self.lam, format_penalty=self.format_penalty)
+                                lam=self.lam, format_penalty=self.format_penalty,
+                                turn_counting=self.turn_counting)
         if success or self._done:
             observation = ""
         else:
@@ -158,6 +182,21 @@ class TryAgain(TextWrapper):
             "malformed_turns": self._malformed,
         }
         return observation, reward, success, self._done and not success, info
+
+    def close(self) -> None:
+        self._close_task()
+        super().close()
+
+    def fork(self) -> TryAgain:
+        twin = super().fork()
+        twin._task = None if self._task is None else self._task.fork()
+        twin._answers = list(self._answers)
+        return twin
+
+    def _close_task(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.close()
 
     def oracle_action(self) -> str:
         if self._task is None:

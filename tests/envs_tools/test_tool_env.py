@@ -303,3 +303,43 @@ def test_a_crashing_astep_ends_that_episode_not_the_batch(tokenizer):
     assert crashed.info["truncated"] and not crashed.steps[0].action_valid
     assert "Environment error: ValueError: boom" in crashed.steps[0].observation
     assert fine.success
+
+
+def test_try_again_over_a_sandboxed_env_gives_every_sandbox_back(sandbox_backend):
+    """TryAgain answers each turn on a fork of the task; a fork that ran python holds a sandbox,
+    and each must be given back when its turn ends, not when the run ends."""
+    from agentrl.envs.tasks.calc import Calc
+    from agentrl.envs.wrappers import TryAgain
+    from agentrl.sandboxes import SandboxPool
+
+    turns = 3
+    # One sandbox per turn: a leak shows as sandboxes still checked out, never as a wait.
+    with SandboxPool(size=turns, backend=sandbox_backend, memory_mb=128, pids=32) as pool:
+        env = TryAgain(Calc(pool=pool), max_turns=turns)
+        for seed in range(2):
+            env.reset(seed=seed)
+            for _ in range(turns):
+                *_, info = env.step("<python>print(6 * 7)</python>")
+                assert info["tool_calls"][0]["status"] == "ok"  # it really ran in a sandbox
+                assert pool.stats()["sandbox/pool_in_use"] == 0
+        env.close()
+        assert pool.stats()["sandbox/pool_in_use"] == 0
+
+
+def test_try_again_over_a_sandboxed_env_forks_through_the_env(sandbox_backend):
+    """A deep copy cannot copy a sandbox pool; TryAgain forks the env it wraps instead."""
+    from agentrl.envs.tasks.calc import Calc
+    from agentrl.envs.wrappers import TryAgain
+    from agentrl.sandboxes import SandboxPool
+
+    with SandboxPool(size=2, backend=sandbox_backend, memory_mb=128, pids=32) as pool:
+        env = TryAgain(Calc(pool=pool), max_turns=3)
+        env.reset(seed=0)
+        env.step("<answer>1</answer>")
+        twin = env.fork()
+        assert twin.step("<python>print(2)</python>")[-1]["answers"] == ["1"]
+        twin.close()
+        *_, info = env.step("<answer>3</answer>")  # the original is untouched by its twin
+        assert info["turn"] == 2 and info["answers"] == ["1", "3"]
+        assert info["tool_calls"] == [] and pool.stats()["sandbox/pool_in_use"] == 0
+        env.close()
