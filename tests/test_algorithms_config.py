@@ -162,3 +162,28 @@ def test_dual_clip_reaches_the_loss(tmp_path, tiny_model_dir, dual_clip) -> None
         assert parts["loss/policy"] > 1e6
     else:
         assert parts["loss/policy"] == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------- UFO's turn counting in a recipe
+
+
+@pytest.mark.parametrize(("turn_counting", "expected"), [(None, 0.9), ("reference", 0.9), ("paper", 0.4)])
+def test_ufo_turn_counting_is_an_env_setting(turn_counting, expected) -> None:
+    from agentrl.training.run import env_factory
+
+    overrides = ["env.id=agentrl/ArithmeticTryAgain-v0"]
+    if turn_counting is not None:
+        overrides.append(f"env.kwargs.turn_counting={turn_counting}")
+    env = env_factory(load_config(None, overrides))()
+    env.reset(seed=0)
+    env.step("no answer")  # malformed
+    _, reward, terminated, _, _ = env.step(env.oracle_action())
+    assert terminated and reward == pytest.approx(expected)
+    env.close()
+
+
+def test_ufo_turn_counting_names_a_wrong_value() -> None:
+    from agentrl.envs import make_env
+
+    with pytest.raises(ValueError, match="turn_counting must be 'reference' or 'paper'"):
+        make_env("agentrl/ArithmeticTryAgain-v0", turn_counting="turns")

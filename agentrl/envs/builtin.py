@@ -16,9 +16,11 @@ register(
 )
 
 
-def make_arithmetic_try_again(max_turns: int = 5, render_mode: str | None = None, **task_kwargs):
-    """Multi-turn Arithmetic: `TryAgain(Arithmetic(**task_kwargs), max_turns)`."""
+def make_arithmetic_try_again(max_turns: int = 5, render_mode: str | None = None,
+                              turn_counting: str = "reference", **task_kwargs):
+    """Multi-turn Arithmetic: `TryAgain(Arithmetic(**task_kwargs), max_turns, turn_counting)`."""
     from agentrl.envs.arithmetic import Arithmetic
     from agentrl.envs.wrappers import TryAgain
 
-    return TryAgain(Arithmetic(render_mode=render_mode, **task_kwargs), max_turns=max_turns)
+    return TryAgain(Arithmetic(render_mode=render_mode, **task_kwargs), max_turns=max_turns,
+                    turn_counting=turn_counting)
