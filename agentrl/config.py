@@ -180,6 +180,21 @@ class EvalConfig(_Section):
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class SandboxConfig(_Section):
+    """The pool of warm sandboxes that tool envs run code in (`agentrl.sandboxes.SandboxPool`).
+
+    With `pool_size: 0` every env starts its own sandbox when it first runs code. With a pool,
+    sandboxes start ahead of time and a fresh one replaces each returned one in the background.
+    Every running episode holds one sandbox, and a round of rollouts runs all its episodes at
+    once, so the pool must hold as many as run together: rollout.tasks_per_iteration x
+    rollout.group_size, eval.tasks and sft.demos. Envs that take a pool get it as `pool`.
+    """
+
+    pool_size: int = Field(0, ge=0, description="warm sandboxes; 0 = no pool")
+    backend: Literal["auto", "docker", "bwrap"] = "auto"
+    start_workers: int = Field(2, ge=1, description="sandboxes started at once")
+
+
 class Config(_Section):
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
@@ -189,6 +204,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
+    sandbox: SandboxConfig = SandboxConfig()
 
 
 # --- loading ---------------------------------------------------------------------------------

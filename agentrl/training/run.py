@@ -31,17 +31,18 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agentrl.config import Config, dump_config
+from agentrl.config import Config, ConfigError, dump_config
 from agentrl.envs import make_env as make_registered_env
 from agentrl.eval import evaluate
 from agentrl.generation import HFGenerator
 from agentrl.models import build_tiny_model, load_model, resolve_autocast
 from agentrl.rollout import collect_demonstrations
-from agentrl.training.corpus import env_corpus
+from agentrl.training.corpus import env_corpus, has_oracle
 from agentrl.training.heap import retain_freed_memory
 from agentrl.training.metrics import MetricsLogger
 from agentrl.training.report import comparison_table, plot_reward_curve, write_results
 from agentrl.training.rl import RLTrainer
+from agentrl.training.sandbox_pool import check_sandbox_settings, recipe_sandbox_pool
 from agentrl.training.sft import sft_train
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,12 +52,13 @@ class RunDirectoryExists(RuntimeError):
     """A run directory with checkpoints exists and --resume was not given."""
 
 
-def env_factory(config: Config, *, evaluation: bool = False,
-                demonstrations: bool = False) -> Callable[[], Any]:
+def env_factory(config: Config, *, evaluation: bool = False, demonstrations: bool = False,
+                pool: Any = None) -> Callable[[], Any]:
     """A zero-argument constructor of the recipe's env (raises UnknownEnvError early).
 
     With `evaluation=True` the eval section's env kwargs (e.g. a held-out split) are merged in;
-    with `demonstrations=True` the sft section's (e.g. only short tasks for the warm-up).
+    with `demonstrations=True` the sft section's (e.g. only short tasks for the warm-up); a
+    `pool` (the recipe's sandbox pool) is given to the env as its `pool` argument.
     """
     for module in config.env.imports:
         if "" not in sys.path:
@@ -67,6 +69,8 @@ def env_factory(config: Config, *, evaluation: bool = False,
         kwargs.update(config.eval.env_kwargs)
     if demonstrations:
         kwargs.update(config.sft.env_kwargs)
+    if pool is not None:
+        kwargs["pool"] = pool
     make_registered_env(env_id, **kwargs).close()
     return lambda: make_registered_env(env_id, **kwargs)
 
@@ -76,8 +80,36 @@ def run_training(config: Config, *, resume: bool = False, console: Console | Non
     """Run the recipe end to end; returns the before/after evaluation results."""
     console = console or Console()
     _prepare_process(config)
-    make_env = env_factory(config)  # an unknown env id fails here, before anything is written
-    make_eval_env = env_factory(config, evaluation=True)
+    _check_recipe(config)  # before anything is started or written
+    with recipe_sandbox_pool(config) as pool:
+        return _run_training(config, pool, resume=resume, console=console,
+                             evaluate_before=evaluate_before)
+
+
+def _check_recipe(config: Config) -> None:
+    """Raise the recipe's mistakes that only the env reveals: an unknown env id
+    (UnknownEnvError), demonstrations asked of an env without an oracle, a sandbox pool the env
+    cannot take or too small for the episodes of a round (ConfigError)."""
+    make_env = env_factory(config, demonstrations=True)
+    if config.sft.demos > 0:
+        env = make_env()
+        try:
+            env.reset(seed=config.sft.seed_offset)
+            oracle = has_oracle(env)
+        finally:
+            env.close()
+        if not oracle:
+            raise ConfigError(
+                f"sft.demos={config.sft.demos}: the env {config.env.id} has no oracle_action() to "
+                "write demonstrations with; set sft.demos=0 (RL from the start) or give the env "
+                "an oracle_action()")
+    check_sandbox_settings(config)
+
+
+def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
+                  evaluate_before: bool) -> dict[str, Any]:
+    make_env = env_factory(config, pool=pool)
+    make_eval_env = env_factory(config, evaluation=True, pool=pool)
     run_dir = Path(config.run.out_dir) / config.run.name
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not resume:
         raise RunDirectoryExists(
@@ -97,7 +129,7 @@ def run_training(config: Config, *, resume: bool = False, console: Console | Non
             console.print(f"[dim]SFT warm-up already done: loading {sft_dir}[/dim]")
             model, tokenizer = load_model(sft_dir, dtype=_DTYPES[config.model.dtype], device=config.model.device)
         else:
-            _sft(config, run_dir, model, tokenizer, console)
+            _sft(config, run_dir, model, tokenizer, console, pool)
             model.save_pretrained(sft_dir)
             tokenizer.save_pretrained(sft_dir)
 
@@ -138,9 +170,9 @@ def _policy(config: Config, run_dir: Path, make_env: Callable[[], Any], console:
     return load_model(init_dir, dtype=dtype, device=device)
 
 
-def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console) -> None:
+def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console, pool: Any = None) -> None:
     scfg = config.sft
-    make_env = env_factory(config, demonstrations=True)
+    make_env = env_factory(config, demonstrations=True, pool=pool)
     seeds = range(scfg.seed_offset, scfg.seed_offset + scfg.demos)
     with console.status(f"Writing {scfg.demos} oracle demonstrations"):
         demos = collect_demonstrations(make_env, seeds, tokenizer,
@@ -233,12 +265,14 @@ def run_sft_only(config: Config, *, console: Console | None = None) -> Path:
     """Only the SFT warm-up stage; returns the saved model directory."""
     console = console or Console()
     _prepare_process(config)
+    _check_recipe(config)
     run_dir = Path(config.run.out_dir) / config.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     make_env = env_factory(config)
     model, tokenizer = _policy(config, run_dir, make_env, console)
-    _sft(config, run_dir, model, tokenizer, console)
+    with recipe_sandbox_pool(config) as pool:
+        _sft(config, run_dir, model, tokenizer, console, pool)
     out = run_dir / "sft_model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -250,8 +284,11 @@ def run_eval_only(config: Config, model_path: Path, *, console: Console | None =
     """Evaluate a checkpoint on the recipe's held-out tasks; the report goes next to the model."""
     console = console or Console()
     _prepare_process(config)
-    make_env = env_factory(config, evaluation=True)
+    env_factory(config, evaluation=True)  # an unknown env id fails here, before the model loads
+    check_sandbox_settings(config)
     model, tokenizer = load_model(model_path, dtype=_DTYPES[config.model.dtype], device=config.model.device)
     model_path = Path(model_path)
-    return _evaluate_once(config, model_path, "held_out", model, tokenizer, make_env, console,
-                          reuse=False)
+    with recipe_sandbox_pool(config) as pool:
+        make_env = env_factory(config, evaluation=True, pool=pool)
+        return _evaluate_once(config, model_path, "held_out", model, tokenizer, make_env, console,
+                              reuse=False)

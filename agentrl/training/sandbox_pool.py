@@ -1,0 +1,75 @@
+"""The recipe's sandbox pool (the `sandbox` section): checked, started for a run, closed after.
+
+    check_sandbox_settings(config)              # one ConfigError naming the field, or nothing
+    with recipe_sandbox_pool(config) as pool:   # None when sandbox.pool_size is 0
+        make_env = env_factory(config, pool=pool)
+
+Envs that run code take the pool as their `pool` argument (Code-v0, Calc-v0). Every running
+episode holds one sandbox until it ends, and a round of rollouts runs all its episodes at once,
+so a pool smaller than the episodes of a round would leave some waiting for a sandbox that no
+episode gives back: that is a recipe error, found before anything starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Iterator
+
+import gymnasium
+
+from agentrl.config import Config, ConfigError
+
+
+def episodes_at_once(config: Config) -> dict[str, int]:
+    """The largest rounds of a run: how many episodes each stage runs together."""
+    rollout = config.rollout
+    rounds = {
+        "rollout.tasks_per_iteration x rollout.group_size": rollout.tasks_per_iteration * rollout.group_size,
+        "eval.tasks": config.eval.tasks,
+    }
+    if config.sft.demos > 0:
+        rounds["sft.demos"] = config.sft.demos
+    return rounds
+
+
+def env_takes_pool(env_id: str) -> bool:
+    """Whether the registered env's constructor has a `pool` argument."""
+    entry_point = gymnasium.spec(env_id).entry_point
+    if isinstance(entry_point, str):
+        entry_point = gymnasium.envs.registration.load_env_creator(entry_point)
+    parameters = inspect.signature(entry_point).parameters.values()
+    return any(p.name == "pool" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def check_sandbox_settings(config: Config) -> None:
+    """Raise one ConfigError when the recipe's pool cannot serve its env (env registered)."""
+    size = config.sandbox.pool_size
+    if size == 0:
+        return
+    if not env_takes_pool(config.env.id):
+        raise ConfigError(f"sandbox.pool_size={size}: the env {config.env.id} takes no sandbox pool "
+                          "(its constructor has no `pool` argument); set sandbox.pool_size=0")
+    stage, episodes = max(episodes_at_once(config).items(), key=lambda item: item[1])
+    if episodes > size:
+        raise ConfigError(f"sandbox.pool_size={size} is smaller than the {episodes} episodes that run "
+                          f"at once ({stage}), each holding a sandbox; raise sandbox.pool_size to "
+                          f"{episodes} or lower {stage.split(' x ')[0]}")
+
+
+@contextlib.contextmanager
+def recipe_sandbox_pool(config: Config) -> Iterator[Any]:
+    """The started pool of `config.sandbox` (None without one), closed on the way out, also on
+    an exception or Ctrl-C."""
+    settings = config.sandbox
+    if settings.pool_size == 0:
+        yield None
+        return
+    from agentrl.sandboxes import SandboxError, SandboxPool
+
+    try:
+        pool = SandboxPool(settings.pool_size, settings.backend, start_workers=settings.start_workers)
+    except SandboxError as exc:  # SandboxUnavailable says what to install or start
+        raise ConfigError(f"sandbox.pool_size={settings.pool_size}: {exc}") from None
+    with pool:
+        yield pool
