@@ -1,4 +1,4 @@
-"""Advantage estimators, losses and group filters: pure math, conventions in ALGORITHMS.md.
+"""Advantage estimators, losses and group filters: pure math, conventions in docs/algorithms.md.
 
 Everything here works on numpy arrays (advantages, filters) or torch tensors (losses) and
 imports nothing of agentrl except `agentrl.types`, so it can be tested and reused on its own.

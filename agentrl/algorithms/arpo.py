@@ -5,7 +5,7 @@ module holds the math; the round-based sampler that uses it lives in the rollout
 
 - Step entropy: over the first k generated tokens of a segment (k = 20), take the top-k'
   log-probs (k' = 10) at each position and sum H = -sum p log p over all of them (summed over
-  positions, not averaged), then divide by log |V| (ALGORITHMS.md section 4).
+  positions, not averaged), then divide by log |V| (docs/algorithms.md, ARPO).
 - Branch probability: P = clip(p0 + beta * (H_t - H0), 0, 1) with p0 = 0.5 and beta = 0.2,
   where H0 is the first entropy measured on the trajectory slot.
 - Advantage attribution. `soft` (reference default) is plain GRPO over the n rollouts of the

@@ -4,7 +4,7 @@ Group ids, tree ids and anchors may be any hashable (int, str, tuple, ...), so g
 through a Python dict rather than numpy (a numpy array of tuples would be split into columns).
 Groups are returned in order of first appearance, which keeps every result deterministic.
 
-The normalization statistics follow ALGORITHMS.md: `std` is the unbiased sample standard
+The normalization statistics follow docs/algorithms.md: `std` is the unbiased sample standard
 deviation (ddof=1) and `eps` is added to the std, not to the variance.
 """
 
