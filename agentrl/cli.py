@@ -6,12 +6,12 @@
     agentrl demo [--task search|arithmetic] [overrides]   an embedded demo (tiny model, SFT, GRPO, report)
     agentrl bench [NAME ...]                list the benchmarks or run them
     agentrl view RUN_DIR                    settings, results, curves and trajectories of a run
-    agentrl env list | check ENV_ID | play ENV_ID
+    agentrl env list | check ENV_ID | play ENV_ID   (--import MODULE, or MODULE:ID, for your own env)
     agentrl sandbox build | doctor
     agentrl serve-retriever ...
 
-Errors a user can cause (bad recipe, unknown env id) end with one line naming the cause and
-exit code 2, never with a traceback.
+Errors a user can cause (bad recipe, unknown env id, a chat template that is not append-safe)
+end with one line naming the cause and exit code 2, never with a traceback.
 """
 
 from __future__ import annotations
@@ -40,18 +40,35 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+# The errors a user can cause, by the module that defines them. A module that was never
+# imported cannot have raised its error, so recognising one never imports the training stack
+# (seconds of torch and transformers for a command such as `agentrl env check`).
+_USER_ERRORS = {
+    "agentrl.config": "ConfigError",
+    "agentrl.envs.registry": "UnknownEnvError",
+    "agentrl.training.run": "RunDirectoryExists",
+    "agentrl.rollout.chat": "TemplateNotAppendSafe",
+}
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    return any(isinstance(exc, getattr(sys.modules[module], name))
+               for module, name in _USER_ERRORS.items() if module in sys.modules)
+
+
 def _user_errors(fn: Callable[[], Any]) -> Any:
     """Run `fn`, turning the errors a user can cause into one line and exit code 2."""
-    from agentrl.config import ConfigError
-    from agentrl.envs import UnknownEnvError
-    from agentrl.training.run import RunDirectoryExists
-
     try:
         return fn()
-    except (ConfigError, UnknownEnvError, RunDirectoryExists, FileNotFoundError) as exc:
-        _fail(str(exc).strip("'\""))
     except KeyboardInterrupt:
         _fail("interrupted; the run directory is resumable: run the same command with --resume", 130)
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        lines = [line.strip() for line in str(exc).strip("'\"").splitlines()]
+        _fail(" ".join(line for line in lines if line))  # one line, whatever the message holds
 
 
 def _load(recipe: Optional[Path], overrides: list[str]):
@@ -194,14 +211,30 @@ def env_list() -> None:
     console.print(table)
 
 
-@env_app.command("check")
-def env_check(env_id: str = typer.Argument(..., help="e.g. agentrl/Arithmetic-v0")) -> None:
-    """Run gymnasium's env checker and agentrl's contract checks on an env."""
-    from gymnasium.utils.env_checker import check_env
+_IMPORT_HELP = ("a module that registers your env (repeatable), e.g. --import mypackage.envs; "
+                "or write the id as MODULE:ID")
 
-    from agentrl.envs import make_env
+
+def _import_env_modules(modules: Optional[List[str]]) -> None:
+    from agentrl.envs.registry import import_env_module
+
+    for module in modules or []:
+        import_env_module(module)
+
+
+@env_app.command("check")
+def env_check(
+    env_id: str = typer.Argument(..., help="e.g. agentrl/Arithmetic-v0, or MODULE:ID for your own"),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=_IMPORT_HELP),
+) -> None:
+    """Run gymnasium's env checker and agentrl's contract checks on an env."""
 
     def go() -> None:
+        from gymnasium.utils.env_checker import check_env
+
+        from agentrl.envs import make_env
+
+        _import_env_modules(imports)
         env = make_env(env_id)
         try:
             check_env(env, skip_render_check=True)
@@ -220,13 +253,19 @@ def env_check(env_id: str = typer.Argument(..., help="e.g. agentrl/Arithmetic-v0
 
 @env_app.command("play")
 def env_play(
-    env_id: str = typer.Argument(..., help="e.g. agentrl/ArithmeticTryAgain-v0"),
+    env_id: str = typer.Argument(..., help="e.g. agentrl/ArithmeticTryAgain-v0, or MODULE:ID"),
     seed: int = typer.Option(0, help="task seed"),
+    imports: Optional[List[str]] = typer.Option(None, "--import", help=_IMPORT_HELP),
 ) -> None:
     """Play an env yourself: read the observations, type the actions."""
-    from agentrl.envs.play import play
 
-    _user_errors(lambda: play(env_id, seed=seed))
+    def go() -> None:
+        from agentrl.envs.play import play
+
+        _import_env_modules(imports)
+        play(env_id, seed=seed)
+
+    _user_errors(go)
 
 
 def _mount_optional(module: str, attribute: str, name: str) -> None:

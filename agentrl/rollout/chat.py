@@ -101,7 +101,10 @@ class ChatTemplater:
             full = self.render_text([*marked, observation], add_generation_prompt=True)
         position = full.rfind(_SENTINEL)
         if position < 0:
-            raise TemplateNotAppendSafe("the chat template does not render assistant content verbatim")
+            raise TemplateNotAppendSafe(
+                "the chat template does not render assistant content verbatim; use a template "
+                "that writes each assistant message's content unchanged"
+            )
         closing = full[position + len(_SENTINEL):]
         if action_ended_with_eos and self.eos_token and closing.startswith(self.eos_token):
             closing = closing[len(self.eos_token):]
@@ -120,11 +123,14 @@ class ChatTemplater:
         expected_text = self.render_text(messages, add_generation_prompt)
         got_text = self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
         if got_text != expected_text:
+            at = _first_difference(got_text, expected_text)
+            window = slice(max(0, at - 20), at + 40)  # one line around the first difference
             raise TemplateNotAppendSafe(
-                "token-space conversation differs from a fresh render of the chat template "
-                f"at character {_first_difference(got_text, expected_text)}:\n"
-                f"  appended: {got_text[-200:]!r}\n  rendered: {expected_text[-200:]!r}\n"
-                "The template is not append-safe; fix the template or disable rollout.check_template."
+                "the chat template is not append-safe: the conversation built turn by turn differs "
+                f"from a fresh render of all its messages at character {at} "
+                f"(built: {got_text[window]!r}, rendered: {expected_text[window]!r}); use a template "
+                "that renders earlier messages the same whatever follows them, or set "
+                "rollout.check_template=false to train on the conversation as built"
             )
         if exact_ids:
             expected_ids = self.encode(expected_text)

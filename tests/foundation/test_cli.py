@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 AGENTRL = [sys.executable, "-m", "agentrl.cli"]
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-def _run(*args, cwd=None):
+def _run(*args, cwd=None, stdin=None):
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([*AGENTRL, *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=120)
+                          input=stdin, timeout=120)
+
+
+def _one_error_line(result) -> str:
+    """The error line a failed command ended with, after checking that it failed as a user error
+    does: exit code 2, no traceback, one line and nothing after it (progress lines of what ran
+    before the error, such as loading the model's weights, may come first)."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], result.stderr
+    return lines[-1]
 
 
 @pytest.mark.parametrize(
@@ -52,6 +67,57 @@ def test_env_list_and_check():
     assert unknown.returncode == 2 and "unknown env id" in unknown.stderr
 
 
+def test_env_check_and_play_import_a_users_module():
+    """A user's env registers when its module is imported: `--import MODULE` or `MODULE:ID`."""
+    # The repository's own example, run from the repository as a new user would.
+    for args in (["--import", "examples.custom_tool_env", "custom/Cheaper-v0"],
+                 ["examples.custom_tool_env:custom/Cheaper-v0"]):
+        checked = _run("env", "check", *args, cwd=REPOSITORY)
+        assert checked.returncode == 0 and "custom/Cheaper-v0 passes" in checked.stdout, checked.stderr
+    played = _run("env", "play", "--import", "examples.custom_tool_env", "custom/Cheaper-v0",
+                  cwd=REPOSITORY, stdin=":oracle\n:oracle\n:oracle\n")
+    assert played.returncode == 0, played.stderr
+    assert "Which is cheaper" in played.stdout and "[episode over: solved; return 1" in played.stdout
+
+    # Without the import the id is unknown, and the error says how to import the module.
+    assert "--import MODULE" in _one_error_line(_run("env", "check", "custom/Cheaper-v0", cwd=REPOSITORY))
+    missing = _one_error_line(_run("env", "check", "--import", "no_such_envs", "custom/Cheaper-v0"))
+    assert "cannot import 'no_such_envs'" in missing and "No module named 'no_such_envs'" in missing
+    assert "cannot import 'no_such_envs'" in _one_error_line(_run("env", "play", "no_such_envs:x/Y-v0"))
+
+
+def test_env_check_does_not_import_the_training_stack():
+    """Checking an env needs gymnasium and the env, not torch and transformers (seconds to import)."""
+    probe = ("import sys\n"
+             "sys.argv = ['agentrl', 'env', 'check', 'agentrl/ArithmeticTryAgain-v0']\n"
+             "from agentrl.cli import main\n"
+             "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+             "heavy = ('torch', 'transformers', 'agentrl.training.run', 'agentrl.rollout')\n"
+             "print('imported:', [name for name in heavy if name in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "passes" in result.stdout and "imported: []" in result.stdout, result.stdout
+
+
+def test_a_template_that_is_not_append_safe_is_one_line(tmp_path, tiny_model_dir):
+    """rollout.check_template=true with a chat template that renders earlier turns differently
+    once later turns exist (here: it writes the number of messages at the top)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    template = model / "chat_template.jinja"
+    template.write_text("{{- 'messages: ' + (messages | length | string) + '\\n' -}}" + template.read_text())
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run: {name: unsafe}\n")
+    result = _run("train", str(recipe), f"run.out_dir={tmp_path}", f"model.path={model}",
+                  "rollout.check_template=true", "sft.demos=0", "eval.tasks=1",
+                  "rollout.tasks_per_iteration=1", "rollout.group_size=2", "rollout.max_new_tokens=4",
+                  "train.iterations=1")
+    line = _one_error_line(result)
+    assert "chat template is not append-safe" in line, line
+    assert re.search(r"built: 'messages: 2\\n.*rendered: 'messages: 4\\n", line), line  # where they differ
+    assert "rollout.check_template=false" in line, line  # and the fix
+
+
 def test_view_summarises_a_run_directory(tmp_path, tiny_model_dir):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("run: {name: small}\n")
@@ -60,6 +126,12 @@ def test_view_summarises_a_run_directory(tmp_path, tiny_model_dir):
                    "rollout.tasks_per_iteration=2", "rollout.group_size=2",
                    "rollout.max_new_tokens=4", "train.iterations=3", "train.eval_every=2")
     assert trained.returncode == 0, trained.stderr[-2000:]
+    # stdout is a pipe, not a terminal: no progress bar, but one plain line per RL iteration.
+    progress = [line for line in trained.stdout.splitlines() if line.startswith("RL ")]
+    assert [line.split()[1] for line in progress] == ["1/3", "2/3", "3/3"], trained.stdout
+    assert re.fullmatch(r"RL 1/3  reward [+-]\d\.\d{3}  success \d\.\d\d  \d+ tok/s  elapsed \d+:\d\d:\d\d",
+                        progress[0]), progress[0]
+    assert "Evaluating on 4 held-out tasks (before_rl)" in trained.stdout  # stage lines, too
     # A held-out evaluation during training at iteration 2 (iteration 3 is "after RL").
     assert sorted(p.name for p in (tmp_path / "small" / "eval").iterdir()) == [
         "after_rl.json", "before_rl.json", "iter_0002.json"]
