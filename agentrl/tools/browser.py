@@ -8,15 +8,29 @@
 - `find(pattern)`: lines of the current page containing `pattern` (case-insensitive); the view
   moves to the first match.
 
-Pages are fetched with httpx (redirects followed by hand, so every hop is checked against the
-`UrlPolicy`), cut off at `max_bytes` and `timeout`, and turned into readable text by
-trafilatura; links become inline markers `Lumeva [3]`. The model sees numbered lines:
+Pages are fetched over an httpx transport (redirects followed by hand, so every hop is checked
+against the `UrlPolicy`) and turned into readable text by trafilatura; links become inline
+markers `Lumeva [3]`. The model sees numbered lines:
 
     [page] Bekora Talim (http://127.0.0.1:8765/wiki/Bekora_Talim)
     lines 1-3 of 3
     L1: Bekora Talim is a painter. Bekora Talim was born in Lumeva [1].
 
 The session (current page, scroll position) is per episode; `fork()` copies it.
+
+Whatever a page or the model's URL does comes back as a result for the model, never as an
+exception (which the env would count as an infrastructure failure), and within bounds:
+
+- one deadline per `open` call (`timeout`), across redirects, retries, reading and extraction,
+  so a server that sends one byte a second cannot hold the call past it;
+- at most `max_bytes` on the wire and after decompression, bounded while decompressing
+  (`agentrl.tools.content_decoding`), so a compression bomb costs `max_bytes`, not what it
+  would inflate to;
+- trafilatura reads pages up to `max_extract_chars` characters and `max_links` links (its cost
+  grows faster than the page); larger pages are read by the linear-time plain reader
+  (`agentrl.tools.plain_html`), and only the first `max_links` links are numbered;
+- a `charset` that is no text encoding (`base64`, `zlib`) falls back to UTF-8, and links or
+  redirects that do not parse as URLs are shown without a number or refused with a message.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urljoin
@@ -32,6 +47,14 @@ import httpx
 import pydantic
 
 from agentrl.tools.base import Tool, ToolResult, ToolStatus
+from agentrl.tools.content_decoding import (
+    ACCEPT_ENCODING,
+    BodyTooLarge,
+    BoundedDecoder,
+    CorruptBody,
+    UnsupportedEncoding,
+)
+from agentrl.tools.plain_html import plain_text
 from agentrl.tools.retry import InfraError, RetriesExhausted, RetryPolicy, with_retries
 from agentrl.tools.url_policy import UrlPolicy
 
@@ -42,6 +65,9 @@ except ImportError:  # pragma: no cover - depends on the installation
     trafilatura = None
 
 _MD_LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+)\)")
+# Control characters other than tab and line breaks: not text, and not for the model's context.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ANCHOR = re.compile(r"<a[\s>]", re.IGNORECASE)
 
 
 class PageRefused(Exception):
@@ -65,8 +91,40 @@ class BrowserSession:
     history: list[str] = field(default_factory=list)
 
 
-def html_to_page(html: str, url: str, max_lines: int = 2000) -> Page:
-    """Readable text of an HTML document, with links numbered in order of appearance."""
+def html_to_page(
+    html: str, url: str, max_lines: int = 2000, max_links: int = 1000, max_extract_chars: int = 250_000
+) -> Page:
+    """Readable text of an HTML document, with links numbered in order of appearance.
+
+    trafilatura reads pages of at most `max_extract_chars` characters and `max_links` links;
+    larger ones, and pages where it finds no main content (a page of links), go to the plain
+    reader, whose cost stays linear. Only the first `max_links`
+    links get a number; a link that does not parse as a URL keeps its text and gets none.
+    """
+    html = _CONTROL_CHARACTERS.sub("", html)
+    anchors = len(_ANCHOR.findall(html))
+    title, markdown = "", ""
+    if len(html) <= max_extract_chars and anchors <= max_links:
+        title, markdown = _trafilatura_markdown(html, url)
+    if not markdown.strip():  # too large for trafilatura, or nothing it calls main content
+        plain_title, markdown = plain_text(html)
+        title = title or plain_title
+    links: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        target = resolve_link(url, match.group(2))
+        if target is None or len(links) >= max_links:
+            return match.group(1)
+        links.append(target)
+        return f"{match.group(1)} [{len(links)}]"
+
+    text = _MD_LINK.sub(number, markdown)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return Page(url=url, title=title or url, lines=lines[:max_lines], links=links)
+
+
+def _trafilatura_markdown(html: str, url: str) -> tuple[str, str]:
+    """(title, main content as markdown with links) by trafilatura."""
     if trafilatura is None:
         raise ImportError("the browser needs trafilatura: pip install 'agentrl[tools]'")
     config = use_config()
@@ -79,20 +137,35 @@ def html_to_page(html: str, url: str, max_lines: int = 2000) -> Page:
         html, url=url, output_format="markdown", include_links=True, favor_recall=True, config=config
     ) or ""
     metadata = trafilatura.extract_metadata(html)
-    title = (metadata.title if metadata is not None and metadata.title else "") or url
-    links: list[str] = []
+    title = metadata.title if metadata is not None and metadata.title else ""
+    return title, markdown
 
-    def number(match: re.Match[str]) -> str:
-        links.append(urljoin(url, match.group(2)))
-        return f"{match.group(1)} [{len(links)}]"
 
-    text = _MD_LINK.sub(number, markdown)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return Page(url=url, title=title, lines=lines[:max_lines], links=links)
+def resolve_link(base: str, href: str) -> str | None:
+    """`href` made absolute against `base`, or None if it is not a URL (`http://[`)."""
+    try:
+        return urljoin(base, href.strip())
+    except ValueError:
+        return None
+
+
+def decode_text(body: bytes, charset: str | None) -> str:
+    """`body` as text in `charset`; UTF-8 when the charset is unknown or no text encoding."""
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except (LookupError, ValueError):
+        # LookupError: an unknown name, or a bytes codec such as base64 or zlib;
+        # ValueError (UnicodeError): a codec that refuses errors="replace" (idna, undefined).
+        return body.decode("utf-8", errors="replace")
 
 
 class Browser:
-    """Fetches pages under a `UrlPolicy` and keeps one session; `tools()` are its agent tools."""
+    """Fetches pages under a `UrlPolicy` and keeps one session; `tools()` are its agent tools.
+
+    `timeout` is the deadline of one `open` call, in seconds, across redirects, retries, reading
+    and extraction. `transport` (an `httpx.BaseTransport`, default `httpx.HTTPTransport()`)
+    sends the requests; the browser handles redirects and decompression itself.
+    """
 
     def __init__(
         self,
@@ -104,8 +177,11 @@ class Browser:
         max_redirects: int = 5,
         lines_per_page: int = 20,
         max_line_chars: int = 300,
+        max_lines: int = 2000,
+        max_links: int = 1000,
+        max_extract_chars: int = 250_000,
         retry: RetryPolicy = RetryPolicy(attempts=3),
-        client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.policy = policy or UrlPolicy(tuple(allow_hosts) if allow_hosts is not None else None)
         self.max_bytes = max_bytes
@@ -113,13 +189,16 @@ class Browser:
         self.max_redirects = max_redirects
         self.lines_per_page = lines_per_page
         self.max_line_chars = max_line_chars
+        self.max_lines = max_lines
+        self.max_links = max_links
+        self.max_extract_chars = max_extract_chars
         self.retry = retry
         self.session = BrowserSession()
-        # The client holds no per-episode state, so forks share it (and its connection pool).
-        self._client = client or httpx.Client(
-            timeout=timeout, follow_redirects=False, headers={"User-Agent": "agentrl-browser/0.1"}
-        )
-        self._owns_client = client is None
+        # The transport holds no per-episode state, so forks share it (and its connection pool).
+        # A bare transport rather than an httpx.Client: the client parses every Location header
+        # itself, even when not following redirects, and raises on a hostile one.
+        self._transport = transport or httpx.HTTPTransport()
+        self._owns_transport = transport is None
 
     # --- agent tools --------------------------------------------------------------------------
 
@@ -131,7 +210,7 @@ class Browser:
         if id(self) not in memo:
             twin = copy.copy(self)
             twin.session = copy.deepcopy(self.session)
-            twin._owns_client = False
+            twin._owns_transport = False
             memo[id(self)] = twin
         return memo[id(self)]
 
@@ -139,52 +218,105 @@ class Browser:
         self.session = BrowserSession()
 
     def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
+        if self._owns_transport:
+            self._transport.close()
 
     # --- fetching -----------------------------------------------------------------------------
 
-    def fetch(self, url: str) -> Page:
-        """Fetch `url` (following checked redirects) and extract its text.
+    def fetch(self, url: str, deadline: float | None = None) -> Page:
+        """Fetch `url` (following checked redirects) and extract its text, by `deadline`
+        (a `time.monotonic()` value; default `timeout` from now).
 
         Raises `PageRefused` for what the model should be told, `InfraError` for network
         failures worth retrying.
         """
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         for _ in range(self.max_redirects + 1):
             reason = self.policy.check(url)
             if reason is not None:
                 raise PageRefused(reason)
+            response = self._send(url, deadline)
             try:
-                with self._client.stream("GET", url, timeout=self.timeout) as response:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        continue
-                    if response.status_code >= 500:
-                        raise InfraError(f"{url} answered {response.status_code}")
-                    if response.status_code >= 400:
-                        raise PageRefused(f"Error: {url} answered {response.status_code} {response.reason_phrase}.")
-                    declared = int(response.headers.get("content-length") or 0)
-                    if declared > self.max_bytes:
-                        raise PageRefused(self._too_large(url))
-                    body = bytearray()
-                    for chunk in response.iter_bytes():
-                        body.extend(chunk)
-                        if len(body) > self.max_bytes:
-                            raise PageRefused(self._too_large(url))
-                    content_type = response.headers.get("content-type", "text/html").split(";")[0].strip()
-                    encoding = response.encoding or "utf-8"
+                if response.is_redirect:
+                    location = resolve_link(url, response.headers["location"])
+                    if location is None:
+                        raise PageRefused(f"Error: {url} redirects to an invalid URL.")
+                    url = location
+                    continue
+                if response.status_code >= 500:
+                    raise InfraError(f"{url} answered {response.status_code}")
+                if response.status_code >= 400:
+                    raise PageRefused(f"Error: {url} answered {response.status_code} {response.reason_phrase}.")
+                body = self._read(response, url, deadline)
             except httpx.TimeoutException as exc:
-                raise PageRefused(f"Error: {url} did not answer within {self.timeout:g} s.") from exc
+                raise PageRefused(self._too_slow(url)) from exc
             except httpx.HTTPError as exc:
                 raise InfraError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
-            text = bytes(body).decode(encoding, errors="replace")
+            finally:
+                response.close()
+            content_type = response.headers.get("content-type", "text/html").split(";")[0].strip().lower()
             if content_type in ("text/html", "application/xhtml+xml"):
-                return html_to_page(text, url)
+                text = decode_text(body, response.charset_encoding)
+                self._remaining(url, deadline)  # no extraction once the deadline has passed
+                return html_to_page(text, url, self.max_lines, self.max_links, self.max_extract_chars)
             if content_type.startswith("text/"):
+                text = _CONTROL_CHARACTERS.sub("", decode_text(body, response.charset_encoding))
                 lines = [line.rstrip() for line in text.splitlines() if line.strip()]
-                return Page(url=url, title=url, lines=lines[:2000], links=[])
+                return Page(url=url, title=url, lines=lines[: self.max_lines], links=[])
             raise PageRefused(f"Refused: {url} is {content_type}, not a text page.")
         raise PageRefused(f"Refused: more than {self.max_redirects} redirects.")
+
+    def _send(self, url: str, deadline: float) -> httpx.Response:
+        """Send a GET for `url`; every network wait is bounded by the time left to `deadline`."""
+        remaining = self._remaining(url, deadline)
+        try:
+            request = httpx.Request(
+                "GET", url,
+                headers={"User-Agent": "agentrl-browser/0.1", "Accept-Encoding": ACCEPT_ENCODING},
+                extensions={"timeout": httpx.Timeout(remaining).as_dict()},
+            )
+        except httpx.InvalidURL as exc:  # what the policy's parser accepts but httpx's does not
+            raise PageRefused(f"Refused: '{url}' is not a valid URL ({exc}).") from exc
+        try:
+            response = self._transport.handle_request(request)
+        except httpx.TimeoutException as exc:
+            raise PageRefused(self._too_slow(url)) from exc
+        except httpx.HTTPError as exc:
+            raise InfraError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
+        response.request = request
+        return response
+
+    def _read(self, response: httpx.Response, url: str, deadline: float) -> bytes:
+        """The decoded body, at most `max_bytes`, read by `deadline`."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise PageRefused(self._too_large(url))
+        try:
+            decoder = BoundedDecoder(response.headers.get("content-encoding", ""), self.max_bytes)
+            body = bytearray()
+            for chunk in response.iter_raw():
+                body += decoder.feed(chunk)
+                self._remaining(url, deadline)  # a server that drips bytes never trips a read timeout
+        except BodyTooLarge as exc:
+            raise PageRefused(self._too_large(url)) from exc
+        except UnsupportedEncoding as exc:
+            raise PageRefused(
+                f"Refused: {url} is compressed with '{exc.encoding}', which the browser does not read."
+            ) from exc
+        except CorruptBody as exc:
+            raise PageRefused(f"Error: {url} is not valid '{exc.encoding}' data.") from exc
+        return bytes(body)
+
+    def _remaining(self, url: str, deadline: float) -> float:
+        """Seconds left to `deadline`; `PageRefused` once it has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PageRefused(self._too_slow(url))
+        return remaining
+
+    def _too_slow(self, url: str) -> str:
+        return f"Error: {url} did not answer within {self.timeout:g} s."
 
     def _too_large(self, url: str) -> str:
         return f"Refused: {url} is larger than the {self.max_bytes}-byte limit."
@@ -266,8 +398,16 @@ class OpenTool(_BrowserTool):
                 count = len(page.links) if page else 0
                 return ToolResult.error(f"Error: no link [{n}] on this page (it has {count} links).")
             target = page.links[n - 1]
+        # One deadline for the whole call: each attempt's network waits end by it, and waiting
+        # for the attempts (and the pauses between them) ends by it too.
+        deadline = time.monotonic() + browser.timeout
         try:
-            page, retries = await with_retries(lambda: asyncio.to_thread(browser.fetch, target), browser.retry)
+            page, retries = await asyncio.wait_for(
+                with_retries(lambda: asyncio.to_thread(browser.fetch, target, deadline), browser.retry),
+                timeout=browser.timeout,
+            )
+        except asyncio.TimeoutError:
+            return ToolResult.error(browser._too_slow(target), url=target)
         except PageRefused as exc:
             status = ToolStatus.REFUSED if str(exc).startswith("Refused") else ToolStatus.ERROR
             return ToolResult(str(exc), status, {"url": target})

@@ -2,13 +2,17 @@
 
 The rules, checked for the first URL and again for every redirect hop:
 
-1. Only `http` and `https` (no `file://`, `ftp://`, `data:` ...).
+1. Only `http` and `https` (no `file://`, `ftp://`, `data:` ...), and no control characters:
+   the URL parser drops some of them (tab, newline) and the HTTP client refuses others, so a URL
+   that holds one could be read differently by the check and by the connection.
 2. The host must match `allow_hosts` when it is set: entries are `host` or `host:port`, with
    shell wildcards (`*.example.org`, `*`). `None` allows any public host.
 3. A host that resolves to a private, loopback, link-local, multicast, reserved or unspecified
    address is refused unless an allowlist entry names it exactly (no wildcard): a local test
    server is opened with `allow_hosts=["127.0.0.1:8765"]`, but `*` never reaches the cloud
-   metadata address 169.254.169.254 or a service on the training machine.
+   metadata address 169.254.169.254 or a service on the training machine. IPv6 addresses that
+   carry an IPv4 address (IPv4-mapped `::ffff:127.0.0.1`, IPv4-compatible `::127.0.0.1`, 6to4,
+   Teredo, NAT64 `64:ff9b::/96`) are judged by the IPv4 address as well.
 
 The address is resolved when the URL is checked; a host that changes its DNS answer between the
 check and the connection (DNS rebinding) is not covered, so put untrusted browsing behind a
@@ -19,9 +23,16 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+# Well-known NAT64 prefix: the last 32 bits are the IPv4 address a NAT64 gateway connects to.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv4-compatible IPv6 (deprecated, inside the reserved ::/8): the last 32 bits are IPv4.
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,9 @@ class UrlPolicy:
 
     def check(self, url: str) -> str | None:
         """None if `url` may be opened, else a short reason for the model."""
+        control = _CONTROL_CHARACTER.search(url)
+        if control is not None:
+            return f"Refused: the URL contains a control character (\\x{ord(control.group()):02x})."
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -79,6 +93,30 @@ def _private_address(host: str) -> str | None:
             return None
         addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
     for address in addresses:
-        if not address.is_global or address.is_multicast:
+        if not _is_public(address):
             return str(address)
     return None
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally reachable unicast, and so is every IPv4 address embedded in it."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded:
+            return all(_is_public(ipv4) for ipv4 in embedded)
+        if address.is_site_local:  # fec0::/10, deprecated but still routed by some stacks
+            return False
+    return address.is_global and not (address.is_multicast or address.is_reserved)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for (a translation or tunnel), if any."""
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return []
