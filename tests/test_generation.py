@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -147,7 +148,10 @@ def test_stop_strings_with_sampling_and_rows_leaving_the_batch(model_and_tokeniz
             # It stopped at the first token that completed a stop string, not later.
             assert not any(s in tok.decode(c.token_ids[:-1]) for s in stops)
         else:
-            assert not any(s in c.text for s in stops)
+            # An EOS row's text ends with the EOS token, which may spell a stop string itself
+            # ("<|im_end|>" holds an "e"): only what came before it must be free of them.
+            before_eos = c.token_ids[:-1] if c.finish_reason == "eos" else c.token_ids
+            assert not any(s in tok.decode(before_eos) for s in stops)
         # Rows that stayed after others left the batch still sample from the right context.
         expected = sampled_logprobs(fresh_logprobs(model, prompt, c.token_ids, 1.0), c.token_ids)
         assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4)
@@ -305,7 +309,9 @@ def test_prefix_cache_drops_the_oldest_entries_beyond_its_budget(model_and_token
 class _CannedCompletions(BaseHTTPRequestHandler):
     """Answers /v1/completions like vLLM does, with canned tokens chosen by the prompt's first id.
 
-    first id 1 -> stops at a stop string, 2 -> samples EOS (id 99), else -> runs to max_tokens.
+    first id 1 -> stops at a stop string, 2 -> samples EOS (id 99), 4 -> samples max_tokens
+    random ids the way a seeded vLLM server does (the same seed and prompt give the same ids;
+    no seed, fresh ones), else -> runs to max_tokens.
     """
 
     requests: list[dict] = []
@@ -332,6 +338,9 @@ class _CannedCompletions(BaseHTTPRequestHandler):
                 ids, finish, reason = [7, 8], "stop", "</python>"
             elif prompt[0] == 2:
                 ids, finish, reason = [7, 99], "stop", None
+            elif prompt[0] == 4:
+                rng = random.Random(repr((body["seed"], prompt)) if "seed" in body else None)
+                ids, finish, reason = [rng.randrange(10, 60) for _ in range(body["max_tokens"])], "length", None
             else:
                 ids, finish, reason = list(range(10, 10 + body["max_tokens"])), "length", None
             logprobs = [-0.5 - 0.1 * k for k in range(len(ids))]
@@ -380,7 +389,7 @@ def completions_server():
 
 def test_openai_generator_round_trip(completions_server):
     params = SamplingParams(
-        temperature=0.5, top_p=0.9, max_new_tokens=3, stop=["</python>"], top_logprobs=2, seed=4
+        temperature=0.5, top_p=0.9, max_new_tokens=3, stop=["</python>"], top_logprobs=2
     )
     url = completions_server + "/v1/"
     with OpenAIGenerator(url, "tiny", api_key="secret", max_batch_size=2) as gen:
@@ -402,9 +411,28 @@ def test_openai_generator_round_trip(completions_server):
     assert first["auth"] == "Bearer secret"
     assert first["prompt"] == [[1, 5], [2]]
     assert first["max_tokens"] == 3 and first["temperature"] == 0.5 and first["top_p"] == 0.9
-    assert first["stop"] == ["</python>"] and first["seed"] == 4 and first["logprobs"] == 2
+    assert first["stop"] == ["</python>"] and "seed" not in first and first["logprobs"] == 2
     assert first["return_tokens_as_token_ids"] is True
     assert first["include_stop_str_in_output"] is True
+
+
+def test_openai_generator_seeds_every_prompt_on_its_own(completions_server):
+    """A server given one seed for a batch answers identical prompts identically (vLLM does):
+    a GRPO group would have zero variance. Seeded prompts go one per request, each with its
+    own seed: identical prompts differ, and the same seeds reproduce the same completions."""
+    params = SamplingParams(max_new_tokens=8, seed=4)
+    group = [[4, 1, 2]] * 6
+    with OpenAIGenerator(completions_server, "tiny", max_batch_size=4) as gen:
+        first = gen.generate(group, params)
+        again = gen.generate(group, params)
+        explicit = gen.generate(group[:2], params, seeds=[11, 11])
+    assert len({tuple(c.token_ids) for c in first}) == 6
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    assert explicit[0].token_ids == explicit[1].token_ids  # same seed, same prompt: same ids
+    requests = _CannedCompletions.requests
+    assert len(requests) == 6 + 6 + 2 and all(len(r["prompt"]) == 1 for r in requests)
+    assert len({r["seed"] for r in requests[:6]}) == 6
+    assert [r["seed"] for r in requests[-2:]] == [11, 11]
 
 
 def test_openai_generator_retries_then_reports(completions_server):

@@ -32,7 +32,12 @@ class Generator(Protocol):
       string unless the last token reaches past it.
     - With `params.top_logprobs = k > 0`, `top_logprobs[i]` holds the k largest log-probs at
       position i (same distribution as `logprobs`), largest first.
-    - The same `params.seed` and the same prompts give the same completions.
+    - Every completion draws its own noise. `seeds[i]` (one per prompt) fixes row i's: the
+      same prompt and seed give the same completion, whatever else shares the batch. Without
+      `seeds`, row i's seed is derived from `params.seed` and i (`agentrl.generation.seeding`),
+      so identical prompts in one call still differ; with neither, the noise is fresh. The
+      rollout engine passes one seed per (rollout, group, trajectory, turn), so no two turns,
+      rows or branches of a run share noise and one run seed reproduces the run.
 
     Optional: a backend with a `prefix_cache()` context manager (HFGenerator) may reuse the
     keys and values of earlier prompt + completion pairs inside it; `RolloutEngine.run` opens
@@ -40,6 +45,8 @@ class Generator(Protocol):
     `Completion.prompt_cached_tokens`.
     """
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> list[Completion]:
         """Sample one completion for each prompt (a list of token ids)."""
         ...

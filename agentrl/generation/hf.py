@@ -13,7 +13,8 @@ How a call runs:
    only real tokens, so a padded row computes exactly what it would alone.
 3. One prefill pass fills the cache, computing each distinct prompt once (the G rollouts of a
    GRPO group send the same first prompt; its keys and values are copied to all G rows); then
-   each step samples one token per row, records its log-prob, checks EOS / stop strings /
+   each step samples one token per row (each row from its own seed's noise, so rows that share
+   a prompt still differ and a row's sample does not depend on its batch), records its log-prob, checks EOS / stop strings /
    length, drops finished rows from the batch and cache, and feeds the new tokens back.
 
 Multi-turn rollouts call the generator once per turn, and an episode's next prompt is its last
@@ -32,6 +33,7 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from agentrl.generation.seeding import row_seeds
 from agentrl.models.kv_cache import cache_kwargs
 from agentrl.models.precision import autocast as autocast_to
 from agentrl.types import Completion, FinishReason, SamplingParams
@@ -177,16 +179,14 @@ class HFGenerator:
             oldest, _ = self._prefixes.popitem(last=False)
             self._cached_tokens -= len(oldest)
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> list[Completion]:
         """Sample one completion per prompt; see `agentrl.generation.Generator` for the contract."""
         _check_params(prompts, params, vocab_size=self.model.config.vocab_size)
         if not prompts:
             return []
-        rng = torch.Generator(device=self.device)
-        if params.seed is None:
-            rng.seed()
-        else:
-            rng.manual_seed(params.seed)
+        noise = _row_uniforms(row_seeds(len(prompts), seeds, params.seed), params)
 
         cached = self._lookup_all(prompts)
         # Sorting (stable, so ties keep their order and the result is deterministic) groups
@@ -200,7 +200,7 @@ class HFGenerator:
                 for start in range(0, len(order), self.max_batch_size):
                     rows = order[start : start + self.max_batch_size]
                     batch = self._generate_batch([prompts[i] for i in rows], [cached[i] for i in rows],
-                                                 params, rng)
+                                                 params, noise[rows] if noise is not None else None)
                     for i, completion in zip(rows, batch):
                         results[i] = completion
         finally:
@@ -212,7 +212,7 @@ class HFGenerator:
         prompts: list[list[int]],
         cached: list[tuple[int, _KV | None]],
         params: SamplingParams,
-        rng: torch.Generator,
+        noise: torch.Tensor | None,
     ) -> list[Completion]:
         n = len(prompts)
         # Identical prompts (a group's rollouts of one task, on their first turn) are prefilled
@@ -276,7 +276,8 @@ class HFGenerator:
 
         active = list(range(n))  # batch row -> index into `prompts`
         for step in range(params.max_new_tokens):
-            next_tokens, chosen, top = _sample(logits, params, rng)
+            uniforms = noise[active, step] if noise is not None else None
+            next_tokens, chosen, top = _sample(logits, params, uniforms)
             next_list = next_tokens.tolist()
             chosen_list = chosen.tolist()
             top_list = top.tolist() if top is not None else None
@@ -375,10 +376,28 @@ def _stack_prefixes(cached: list[tuple[int, _KV | None]], past: int, device: tor
     return stacked
 
 
+def _row_uniforms(seeds: list[int | None], params: SamplingParams) -> torch.Tensor | None:
+    """One uniform number per row and decoding step, drawn from that row's own seed (or fresh
+    randomness): a row's completion depends on its seed and prompt only, not on the batch it
+    shares. None for greedy decoding, which needs no noise."""
+    if params.temperature == 0:
+        return None
+    noise = torch.empty((len(seeds), params.max_new_tokens), dtype=torch.float64)
+    rng = torch.Generator()
+    for row, seed in enumerate(seeds):
+        if seed is None:
+            rng.seed()
+        else:
+            rng.manual_seed(seed)
+        noise[row] = torch.rand(params.max_new_tokens, generator=rng, dtype=torch.float64)
+    return noise
+
+
 def _sample(
-    logits: torch.Tensor, params: SamplingParams, rng: torch.Generator
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Sample one token per row of `logits` (float32, shape [batch, vocab]).
+    """Sample one token per row of `logits` (float32, shape [batch, vocab]) by inverting each
+    row's cumulative distribution at its uniform number (`uniforms`, shape [batch]).
 
     Returns the tokens, their log-probs under softmax(logits / temperature) (temperature 1 for
     greedy), and the top-k log-probs of that same distribution when asked for.
@@ -387,6 +406,7 @@ def _sample(
         logp = torch.log_softmax(logits, dim=-1)
         tokens = logp.argmax(dim=-1)
     else:
+        assert uniforms is not None, "sampling needs one uniform number per row"
         logp = torch.log_softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:
             # Nucleus: keep the most likely tokens until their mass reaches top_p (always at
@@ -395,13 +415,24 @@ def _sample(
             probs = sorted_logp.exp()
             mass_before = probs.cumsum(dim=-1) - probs
             probs = probs.masked_fill(mass_before >= params.top_p, 0.0)
-            choice = torch.multinomial(probs, 1, generator=rng)
-            tokens = sorted_ids.gather(-1, choice).squeeze(-1)
+            tokens = sorted_ids.gather(-1, _invert_cdf(probs, uniforms)[:, None]).squeeze(-1)
         else:
-            tokens = torch.multinomial(logp.exp(), 1, generator=rng).squeeze(-1)
+            tokens = _invert_cdf(logp.exp(), uniforms)
     chosen = logp.gather(-1, tokens[:, None]).squeeze(-1)
     top = logp.topk(params.top_logprobs, dim=-1).values if params.top_logprobs > 0 else None
     return tokens, chosen, top
+
+
+def _invert_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Per row, the first index whose cumulative probability exceeds u * total: a draw from
+    the (unnormalised) row distribution. A token of probability 0 is never chosen: its
+    cumulative value equals its predecessor's, which the search skips."""
+    cdf = probs.double().cumsum(dim=-1)
+    targets = (uniforms.to(cdf.device) * cdf[:, -1])[:, None]
+    index = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
+    # u * total can round up to total itself: fall back to the last token with mass.
+    last_with_mass = (probs > 0).long().cumsum(dim=-1).argmax(dim=-1)
+    return torch.minimum(index, last_with_mass)
 
 
 def _check_params(prompts: list[list[int]], params: SamplingParams, *, vocab_size: int) -> None:

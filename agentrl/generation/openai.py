@@ -4,10 +4,12 @@ Used for evaluation and for decoupled rollouts, where a separate server samples 
 process trains. Token ids travel both ways, never re-tokenized text.
 
 What one request to `POST {base_url}/v1/completions` sends (one request per chunk of at most
-`max_batch_size` prompts):
+`max_batch_size` prompts, or, when completions are seeded, one request per prompt with its own
+seed, at most `max_batch_size` in flight: a server given one seed for a whole batch returns
+identical completions for identical prompts, which would collapse every GRPO group):
 
     {"model": ..., "prompt": [[ids of prompt 0], [ids of prompt 1], ...],
-     "max_tokens": ..., "temperature": ..., "top_p": ..., "stop": [...], "seed": ...,
+     "max_tokens": ..., "temperature": ..., "top_p": ..., "stop": [...], "seed": ... (if seeded),
      "logprobs": max(top_logprobs, 1),          # the sampled token's log-prob (+ top-k)
      "return_tokens_as_token_ids": true,        # vLLM: tokens come back as "token_id:<id>"
      "include_stop_str_in_output": true,        # vLLM: keep the stop string in the output
@@ -27,10 +29,12 @@ with `--logprobs-mode processed_logprobs` and sample with top_p = 1, or sample a
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
+from agentrl.generation.seeding import row_seeds
 from agentrl.types import Completion, FinishReason, SamplingParams
 
 
@@ -60,12 +64,21 @@ class OpenAIGenerator:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> list[Completion]:
         """Sample one completion per prompt; see `agentrl.generation.Generator` for the contract."""
+        per_row = row_seeds(len(prompts), seeds, params.seed)
+        if any(seed is not None for seed in per_row):
+            # One request per prompt, each with its own seed, sent concurrently.
+            with ThreadPoolExecutor(max_workers=max(1, min(self.max_batch_size, len(prompts)))) as pool:
+                return list(pool.map(
+                    lambda prompt, seed: self._generate_chunk([prompt], params, seed)[0], prompts, per_row
+                ))
         completions: list[Completion] = []
         for start in range(0, len(prompts), self.max_batch_size):
             chunk = prompts[start : start + self.max_batch_size]
-            completions.extend(self._generate_chunk(chunk, params))
+            completions.extend(self._generate_chunk(chunk, params, None))
         return completions
 
     def close(self) -> None:
@@ -77,7 +90,9 @@ class OpenAIGenerator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def _generate_chunk(
+        self, prompts: list[list[int]], params: SamplingParams, seed: int | None
+    ) -> list[Completion]:
         body: dict[str, Any] = {
             "model": self.model,
             "prompt": prompts,
@@ -91,8 +106,8 @@ class OpenAIGenerator:
         }
         if params.stop:
             body["stop"] = list(params.stop)
-        if params.seed is not None:
-            body["seed"] = params.seed
+        if seed is not None:
+            body["seed"] = seed
         choices = self._post(body)["choices"]
         if len(choices) != len(prompts):
             raise RuntimeError(

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
+from agentrl.generation.seeding import derive_seed
 from agentrl.rollout.chat import ChatTemplater
 from agentrl.rollout.episode import Episode
 from agentrl.rollout.strategies import Strategy
@@ -146,14 +147,23 @@ class RolloutEngine:
     # --- one round ---------------------------------------------------------------------------
 
     def _generate(self, active: list[Episode], params: SamplingParams) -> list[Completion]:
-        """One generator call per distinct stop-string set; completions in `active` order."""
+        """One generator call per distinct stop-string set; completions in `active` order.
+
+        With `params.seed` set, every completion gets its own seed, derived from that seed and
+        the completion's group, trajectory and turn: noise is never shared between turns, rows
+        or branches, and the same seed reproduces the run whatever the batches look like.
+        """
         completions: list[Completion | None] = [None] * len(active)
         by_stops: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for i, episode in enumerate(active):
             by_stops[tuple(episode.env.stop_strings)].append(i)
         for stops, indices in by_stops.items():
             batch_params = replace(params, stop=list(dict.fromkeys([*params.stop, *stops])))
-            outs = self.generator.generate([active[i].token_ids for i in indices], batch_params)
+            seeds = None
+            if params.seed is not None:
+                seeds = [derive_seed(params.seed, active[i].group_id, active[i].traj_id, active[i].turns)
+                         for i in indices]
+            outs = self.generator.generate([active[i].token_ids for i in indices], batch_params, seeds)
             for i, out in zip(indices, outs):
                 completions[i] = out
         return completions  # type: ignore[return-value]
