@@ -188,7 +188,7 @@ class XmlFormat:
     answer (the oracle's demonstrations); parsing strips it, so either form is accepted. With
     `" "` a name is tokenised in `<search> Kunufu</search>` exactly as in running text
     (" Kunufu"), not as ">Kunufu"; a small model then copies names from passages into calls
-    token for token, which it learns much faster (docs/demo_search.md).
+    token for token, which it learns much faster (docs/experiments/search_demo_tuning.md).
     """
 
     tags: dict[str, str] | None = None

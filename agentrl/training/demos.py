@@ -12,7 +12,8 @@ DEMOS: dict[str, list[str]] = {
     # still has the most to gain at the later turns. Trajectories are averaged per sequence
     # (failed episodes are longer and would otherwise outweigh solved ones); GRPO's std
     # normalisation gives the later-turn successes (returns 0.5, 0.25, ...) full-size
-    # advantages. docs/demo.md has the measurements behind these choices.
+    # advantages. docs/experiments/arithmetic_demo_tuning.md has the measurements behind
+    # these choices.
     # bfloat16 autocast (where the CPU has native bfloat16) halves the cost of sampling and
     # updates, which pays for 150 iterations and a held-out evaluation every 25.
     "arithmetic": [
