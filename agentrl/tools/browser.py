@@ -112,8 +112,8 @@ def html_to_page(
     links: list[str] = []
 
     def number(match: re.Match[str]) -> str:
-        target = resolve_link(url, match.group(2))
-        if target is None or len(links) >= max_links:
+        target = resolve_link(url, match.group(2)) if len(links) < max_links else None
+        if target is None:
             return match.group(1)
         links.append(target)
         return f"{match.group(1)} [{len(links)}]"

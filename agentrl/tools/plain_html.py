@@ -27,6 +27,8 @@ HIDDEN_TAGS = ("script", "style", "noscript", "template", "head")
 # Character references such as `&#1;` put control characters into the parsed text, and lxml
 # refuses to store such text back into the tree.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# What would end a markdown link's address early, or is no URL character at all.
+_NOT_IN_MARKDOWN_HREF = re.compile(r"[\s)\x00-\x1f\x7f]")
 
 
 def plain_text(html: str) -> tuple[str, str]:
@@ -52,7 +54,7 @@ def plain_text(html: str) -> tuple[str, str]:
             # The markdown form must survive its own pattern: no brackets in the text, no
             # whitespace or closing parenthesis in the address.
             text = text.replace("[", "(").replace("]", ")")
-            href = "".join(_escaped(c) if c.isspace() or c == ")" or _CONTROL_CHARACTERS.match(c) else c for c in href)
+            href = _NOT_IN_MARKDOWN_HREF.sub(_escaped, href)
             anchor.text = _clean(f"[{text}]({href})")
         else:
             anchor.text = _clean(text)
@@ -69,5 +71,6 @@ def _clean(text: str) -> str:
     return _CONTROL_CHARACTERS.sub("", text)
 
 
-def _escaped(character: str) -> str:
-    return "".join(f"%{byte:02X}" for byte in character.encode("utf-8"))
+def _escaped(match: re.Match[str]) -> str:
+    """A character as its percent-encoded UTF-8 bytes."""
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8"))
