@@ -3,7 +3,8 @@
 Runs `agentrl demo --task TASK run.seed=S run.name=demo-TASK-seedS` for each seed, one after
 another (each run owns the machine; `--jobs N` runs N at once, whose wall times then include
 the contention), and writes the before/after metrics and the wall time of
-every run to a JSON file and a markdown table (docs/demo.md keeps the latest one).
+every run to a JSON file and a markdown table (docs/demo.md and docs/demo_search.md keep the
+latest results).
 
     python benchmarks/demo_seeds.py [--task arithmetic] [--seeds 0 1 2] [--out-dir runs/demo-seeds] [--jobs 1]
 """
