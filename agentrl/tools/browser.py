@@ -27,8 +27,9 @@ exception (which the env would count as an infrastructure failure), and within b
   (`agentrl.tools.content_decoding`), so a compression bomb costs `max_bytes`, not what it
   would inflate to;
 - trafilatura reads pages up to `max_extract_chars` characters and `max_links` links (its cost
-  grows faster than the page); larger pages are read by the linear-time plain reader
-  (`agentrl.tools.plain_html`), and only the first `max_links` links are numbered;
+  grows faster than the page); larger pages, and pages where it finds no main content, are
+  read by the linear-time plain reader (`agentrl.tools.plain_html`), and only the first
+  `max_links` links are numbered;
 - a `charset` that is no text encoding (`base64`, `zlib`) falls back to UTF-8, and links or
   redirects that do not parse as URLs are shown without a number or refused with a message.
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -98,8 +100,8 @@ def html_to_page(
 
     trafilatura reads pages of at most `max_extract_chars` characters and `max_links` links;
     larger ones, and pages where it finds no main content (a page of links), go to the plain
-    reader, whose cost stays linear. Only the first `max_links`
-    links get a number; a link that does not parse as a URL keeps its text and gets none.
+    reader, whose cost stays linear. Only the first `max_links` links get a number; a link
+    that does not parse as a URL keeps its text and gets none.
     """
     html = _CONTROL_CHARACTERS.sub("", html)
     anchors = len(_ANCHOR.findall(html))
@@ -164,7 +166,9 @@ class Browser:
 
     `timeout` is the deadline of one `open` call, in seconds, across redirects, retries, reading
     and extraction. `transport` (an `httpx.BaseTransport`, default `httpx.HTTPTransport()`)
-    sends the requests; the browser handles redirects and decompression itself.
+    sends the requests; the browser handles redirects and decompression itself. Proxy settings
+    in the environment (`HTTPS_PROXY`) are not read: pass
+    `transport=httpx.HTTPTransport(proxy="http://proxy:3128")` to browse through a proxy.
     """
 
     def __init__(
@@ -276,12 +280,17 @@ class Browser:
                 headers={"User-Agent": "agentrl-browser/0.1", "Accept-Encoding": ACCEPT_ENCODING},
                 extensions={"timeout": httpx.Timeout(remaining).as_dict()},
             )
-        except httpx.InvalidURL as exc:  # what the policy's parser accepts but httpx's does not
+        except (httpx.InvalidURL, UnicodeError) as exc:  # what the policy's parser accepts but
+            # httpx's does not (UnicodeError: a host with invalid punycode, `xn--a.com`)
             raise PageRefused(f"Refused: '{url}' is not a valid URL ({exc}).") from exc
         try:
             response = self._transport.handle_request(request)
         except httpx.TimeoutException as exc:
             raise PageRefused(self._too_slow(url)) from exc
+        except httpx.ConnectError as exc:
+            if _host_not_found(exc):  # the model's mistake, not a network failure to retry
+                raise PageRefused(f"Error: host '{request.url.host}' was not found.") from exc
+            raise InfraError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise InfraError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
         response.request = request
@@ -338,6 +347,17 @@ class Browser:
 
     def _cut(self, line: str) -> str:
         return line if len(line) <= self.max_line_chars else line[: self.max_line_chars] + " [...]"
+
+
+def _host_not_found(error: BaseException) -> bool:
+    """Whether a connection failed because DNS says the host does not exist (EAI_NONAME), as
+    opposed to a temporary failure (EAI_AGAIN) or an unreachable server, which are retried."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return seen.errno == socket.EAI_NONAME
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # --- the three tools -------------------------------------------------------------------------------

@@ -59,6 +59,10 @@ class UrlPolicy:
         host = (parts.hostname or "").lower()
         if not host:
             return f"Refused: '{url}' has no host."
+        try:
+            host.encode("idna")  # what the resolver does first: empty or over-long labels fail
+        except UnicodeError:
+            return f"Refused: '{host}' is not a valid host name."
         port = port or (443 if parts.scheme.lower() == "https" else 80)
         if self.allow_hosts is not None and not any(
             fnmatch.fnmatchcase(host, entry) or fnmatch.fnmatchcase(f"{host}:{port}", entry)
