@@ -11,13 +11,16 @@ Protocol (host <-> server), on the server's original stdin/stdout, one frame per
     request = {"op": "ping" | "run" | "read_file" | "write_file", ...}
     run     : header {"op": "run", "timeout": seconds}, payload = program text (UTF-8)
     result  : header {"status", "exit_code", "duration", "stdout_len", "stdout_total",
-                      "stderr_total", ...}, payload = stdout head+tail then stderr head+tail
+                      "stderr_total", "leftover_processes", ...},
+              payload = stdout head+tail then stderr head+tail
 
 Per call the server points fds 1 and 2 at fresh pipes drained by reader threads that keep only
 the head and tail of each stream (so a flood costs bounded memory and never blocks the writer),
-arms SIGALRM for the deadline, runs the cell, then kills every other process in the sandbox so
-nothing started by one call outlives it. The host enforces the same deadline plus a grace
-period from outside and kills the sandbox if this server does not answer in time.
+arms SIGALRM for the deadline, runs the cell, then kills every other process in the sandbox and
+waits until they are gone, so nothing started by one call outlives it (processes that do not go
+within a bound are reported as leftover, and the host replaces the sandbox). The host enforces
+the same deadline plus a grace period from outside and kills the sandbox if this server does not
+answer in time.
 """
 
 import _ast as ast
@@ -38,6 +41,9 @@ import traceback
 _FRAME = struct.Struct(">II")
 _MAX_REQUEST_HEADER = 1 << 20
 _CELL_PREFIX = "<cell "
+# How long a call's end waits for the processes it killed to leave /proc (then the host
+# replaces the sandbox); dying takes milliseconds, more only on a loaded machine.
+_CLEANUP_SECONDS = 1.0
 
 
 class _Deadline(BaseException):
@@ -252,7 +258,7 @@ class Server:
             self._report(self._format(exc))
         duration = time.monotonic() - start
         self._flush_and_restore()
-        self._kill_others()
+        leftover = self._kill_others()
         stdout, stdout_total, stdout_trunc = out.finish(self.devnull)
         stderr, stderr_total, stderr_trunc = err.finish(self.devnull)
         header = {
@@ -264,6 +270,7 @@ class Server:
             "stderr_total": stderr_total,
             "stdout_truncated": stdout_trunc,
             "stderr_truncated": stderr_trunc,
+            "leftover_processes": leftover,
         }
         return header, stdout + stderr
 
@@ -310,26 +317,49 @@ class Server:
         sys.stdin, sys.stdout, sys.stderr = self.stdin, self.stdout, self.stderr
 
     def _kill_others(self):
-        """Kill every process of this sandbox except this server (and the namespace's init).
+        """Kill every process of this sandbox except this server (and the namespace's init), and
+        wait until they have left /proc; return how many are still there after the bound.
+
+        A SIGKILLed process is not gone at once: it still frees its memory, and then its parent
+        (often the namespace's init) must reap it. On a loaded machine that takes a while, and
+        the next call would see it. So the kill is repeated (a thread of the cell may still be
+        starting processes) until none is left, for at most `_CLEANUP_SECONDS`; what is left
+        then is reported, and the host replaces the sandbox.
 
         Only done when the backend says this server has its own pid namespace and runs as a
         non-root user, where kill(-1) cannot reach anything outside the sandbox.
         """
-        if self.kill_others:
+        if not self.kill_others:
+            self._reap_children()
+            return 0
+        deadline = time.monotonic() + _CLEANUP_SECONDS
+        while True:
             try:
                 os.kill(-1, signal.SIGKILL)
             except OSError:
-                pass
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
+                pass  # ESRCH: there is no other process
+            self._reap_children()
+            left = self._other_pids()
+            if not left or time.monotonic() >= deadline:
+                return len(left)
+            time.sleep(0.001)
+
+    @staticmethod
+    def _reap_children():
+        """Collect this server's children that have exited, without waiting."""
+        while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
-                if not self.kill_others:
-                    return
-                time.sleep(0.001)
+                return
+
+    def _other_pids(self):
+        """Processes of the sandbox besides this server and pid 1, zombies included."""
+        return [
+            entry for entry in os.listdir("/proc") if entry.isdigit() and int(entry) not in (1, self.pid)
+        ]
 
     # files -----------------------------------------------------------------------------------
 

@@ -37,7 +37,8 @@ class ExecResult:
         duration: wall-clock seconds as seen by the host, including transport.
         stdout_truncated, stderr_truncated: the stream was cut to its head and tail.
         sanitized: invalid UTF-8 was replaced or terminal control sequences were removed.
-        state_lost: the interpreter was killed during this call; the next call runs in a fresh
+        state_lost: the interpreter was killed during this call (or replaced after it, when
+            processes the call started would not go); the next call runs in a fresh
             interpreter without the variables, imports and files of earlier calls.
     """
 

@@ -21,6 +21,7 @@ import abc
 import asyncio
 import atexit
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import signal
@@ -294,6 +295,18 @@ class Sandbox(abc.ABC):
         except ProtocolError as exc:
             self._discard()
             return finish("sandbox_error", f"[sandbox] protocol error: {exc}\n", None, state_lost=True)
+        leftover = header["leftover_processes"]
+        if leftover:
+            # The server could not make the call's processes go within its bound: they must not
+            # meet the next call, so the whole sandbox goes with them.
+            self._discard()
+            note = (
+                f"[sandbox] {leftover} process(es) started by the call were still running after "
+                "it ended; the sandbox was replaced (earlier variables and files are gone)\n"
+            )
+            return dataclasses.replace(
+                result, stderr=result.stderr + note, duration=time.monotonic() - began, state_lost=True
+            )
         if record:
             self._history.append(_Call("run", data, timeout, "", _digest(result)))
         return result
@@ -304,12 +317,15 @@ class Sandbox(abc.ABC):
         status = header.get("status")
         exit_code = header.get("exit_code")
         stdout_len = header.get("stdout_len")
+        leftover = header.get("leftover_processes")
         if (
             status not in STATUSES
             or status == "sandbox_error"
             or not (exit_code is None or type(exit_code) is int)
             or type(stdout_len) is not int
             or not 0 <= stdout_len <= len(payload)
+            or type(leftover) is not int
+            or leftover < 0
         ):
             raise ProtocolError(f"malformed result header {str(header)[:200]}")
         stdout, dirty_out = decode_output(payload[:stdout_len])

@@ -121,9 +121,11 @@ class LeakSnapshot:
 
     def __init__(self, socket_slack: int = 0) -> None:
         self.socket_slack = socket_slack
+        # Containers first: the first listing connects the shared docker client, whose sockets
+        # belong in the "before" picture (else a bwrap test run alone counts them as leaks).
+        self.containers = our_containers()
         self.processes = descendants()
         self.fds = open_fds()
-        self.containers = our_containers()
         self.temps = temp_entries()
         self.mounts = host_mounts()
 

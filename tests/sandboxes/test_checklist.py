@@ -419,6 +419,34 @@ def test_12_daemons_that_ignore_sigterm_are_killed(sandbox):
     assert zombies.stdout == "[]\n"
 
 
+def test_12_a_daemon_slow_to_die_is_gone_when_the_call_returns(make_sandbox):
+    # A SIGKILLed process stays in /proc until it has freed its memory and been reaped; 512 MB
+    # take about 0.1 s to free, which is how long a loaded machine can delay any dying process.
+    # Like a real daemon it points its stdio at /dev/null (holding the call's output pipes, it
+    # would make the server wait for its end while draining them).
+    sandbox = make_sandbox(memory_mb=1024)
+    code = (
+        "import os, time\n"
+        "ready_r, ready_w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        null = os.open(os.devnull, os.O_RDWR)\n"
+        "        for fd in (0, 1, 2):\n"
+        "            os.dup2(null, fd)\n"
+        "        ballast = b'x' * (512 * 1024 * 1024)\n"
+        "        os.write(ready_w, b'1')\n"
+        "        time.sleep(1000)\n"
+        "    os._exit(0)\n"
+        "os.read(ready_r, 1)\n"
+        "print('spawned')"
+    )
+    result = sandbox.run(code, timeout=20)
+    assert result.stdout == "spawned\n", result.stderr
+    assert not result.state_lost
+    assert sandbox_pids(sandbox) == []
+
+
 # 13 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "code",

@@ -74,6 +74,20 @@ def test_os_exit_is_reported(sandbox):
     assert result.status == "error" and result.exit_code == 7 and result.state_lost
 
 
+def test_processes_the_server_cannot_remove_get_the_sandbox_replaced(sandbox):
+    sandbox.run("kept = 1")
+    # The cell runs inside the server, so it can stand in for a server whose cleanup ran out of
+    # time: from now on the server reports two processes it could not remove after each call.
+    result = sandbox.run(
+        "import sys\nsys.modules['__main__'].Server._kill_others = lambda self: 2\nprint('patched')"
+    )
+    assert result.status == "ok" and result.stdout == "patched\n"
+    assert result.state_lost
+    assert "[sandbox] 2 process(es) started by the call were still running" in result.stderr
+    after = sandbox.run("print('kept' in globals())")
+    assert after.stdout == "False\n" and not after.state_lost
+
+
 def test_arun_runs_off_the_event_loop(make_sandbox):
     first, second = make_sandbox(), make_sandbox()
 
