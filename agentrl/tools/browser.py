@@ -40,7 +40,6 @@ import asyncio
 import copy
 import re
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urljoin
@@ -165,10 +164,10 @@ class Browser:
     """Fetches pages under a `UrlPolicy` and keeps one session; `tools()` are its agent tools.
 
     `timeout` is the deadline of one `open` call, in seconds, across redirects, retries, reading
-    and extraction. `transport` (an `httpx.BaseTransport`, default `httpx.HTTPTransport()`)
-    sends the requests; the browser handles redirects and decompression itself. Proxy settings
-    in the environment (`HTTPS_PROXY`) are not read: pass
-    `transport=httpx.HTTPTransport(proxy="http://proxy:3128")` to browse through a proxy.
+    and extraction. Requests go out over an asyncio httpx transport opened per call, so that the
+    deadline cancels a network wait wherever it is (a thread blocked in a read could not be
+    stopped); `proxy` (`"http://proxy:3128"`) sends them through a proxy. Proxy settings in
+    the environment (`HTTPS_PROXY`) are not read.
     """
 
     def __init__(
@@ -185,7 +184,7 @@ class Browser:
         max_links: int = 1000,
         max_extract_chars: int = 250_000,
         retry: RetryPolicy = RetryPolicy(attempts=3),
-        transport: httpx.BaseTransport | None = None,
+        proxy: str | None = None,
     ) -> None:
         self.policy = policy or UrlPolicy(tuple(allow_hosts) if allow_hosts is not None else None)
         self.max_bytes = max_bytes
@@ -197,12 +196,8 @@ class Browser:
         self.max_links = max_links
         self.max_extract_chars = max_extract_chars
         self.retry = retry
+        self.proxy = proxy
         self.session = BrowserSession()
-        # The transport holds no per-episode state, so forks share it (and its connection pool).
-        # A bare transport rather than an httpx.Client: the client parses every Location header
-        # itself, even when not following redirects, and raises on a hostile one.
-        self._transport = transport or httpx.HTTPTransport()
-        self._owns_transport = transport is None
 
     # --- agent tools --------------------------------------------------------------------------
 
@@ -214,7 +209,6 @@ class Browser:
         if id(self) not in memo:
             twin = copy.copy(self)
             twin.session = copy.deepcopy(self.session)
-            twin._owns_transport = False
             memo[id(self)] = twin
         return memo[id(self)]
 
@@ -222,69 +216,75 @@ class Browser:
         self.session = BrowserSession()
 
     def close(self) -> None:
-        if self._owns_transport:
-            self._transport.close()
+        """Nothing to release: each call opens and closes its own connections."""
 
     # --- fetching -----------------------------------------------------------------------------
 
-    def fetch(self, url: str, deadline: float | None = None) -> Page:
-        """Fetch `url` (following checked redirects) and extract its text, by `deadline`
-        (a `time.monotonic()` value; default `timeout` from now).
+    async def load(self, url: str) -> tuple[Page, int]:
+        """Fetch and read `url` within `timeout`, retrying network failures; (page, retries).
+
+        Raises `PageRefused` for what the model should be told (the deadline included),
+        `RetriesExhausted` when the network failed on every attempt.
+        """
+        try:
+            return await asyncio.wait_for(with_retries(lambda: self.fetch(url), self.retry), self.timeout)
+        except asyncio.TimeoutError:
+            raise PageRefused(self._too_slow(url)) from None
+
+    async def fetch(self, url: str) -> Page:
+        """Fetch `url` once (following checked redirects) and extract its text; no deadline of
+        its own (`load` gives one).
 
         Raises `PageRefused` for what the model should be told, `InfraError` for network
         failures worth retrying.
         """
-        if deadline is None:
-            deadline = time.monotonic() + self.timeout
-        for _ in range(self.max_redirects + 1):
-            reason = self.policy.check(url)
-            if reason is not None:
-                raise PageRefused(reason)
-            response = self._send(url, deadline)
-            try:
-                if response.is_redirect:
-                    location = resolve_link(url, response.headers["location"])
-                    if location is None:
-                        raise PageRefused(f"Error: {url} redirects to an invalid URL.")
-                    url = location
-                    continue
-                if response.status_code >= 500:
-                    raise InfraError(f"{url} answered {response.status_code}")
-                if response.status_code >= 400:
-                    raise PageRefused(f"Error: {url} answered {response.status_code} {response.reason_phrase}.")
-                body = self._read(response, url, deadline)
-            except httpx.TimeoutException as exc:
-                raise PageRefused(self._too_slow(url)) from exc
-            except httpx.HTTPError as exc:
-                raise InfraError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
-            finally:
-                response.close()
-            content_type = response.headers.get("content-type", "text/html").split(";")[0].strip().lower()
-            if content_type in ("text/html", "application/xhtml+xml"):
-                text = decode_text(body, response.charset_encoding)
-                self._remaining(url, deadline)  # no extraction once the deadline has passed
-                return html_to_page(text, url, self.max_lines, self.max_links, self.max_extract_chars)
-            if content_type.startswith("text/"):
-                text = _CONTROL_CHARACTERS.sub("", decode_text(body, response.charset_encoding))
-                lines = [line.rstrip() for line in text.splitlines() if line.strip()]
-                return Page(url=url, title=url, lines=lines[: self.max_lines], links=[])
-            raise PageRefused(f"Refused: {url} is {content_type}, not a text page.")
+        # A pool per call: connections belong to the event loop that opened them.
+        async with httpx.AsyncHTTPTransport(proxy=self.proxy) as transport:
+            for _ in range(self.max_redirects + 1):
+                # The policy resolves the host name, and a resolver call blocks.
+                reason = await asyncio.to_thread(self.policy.check, url)
+                if reason is not None:
+                    raise PageRefused(reason)
+                response = await self._send(transport, url)
+                try:
+                    if response.is_redirect:
+                        location = resolve_link(url, response.headers["location"])
+                        if location is None:
+                            raise PageRefused(f"Error: {url} redirects to an invalid URL.")
+                        url = location
+                        continue
+                    if response.status_code >= 500:
+                        raise InfraError(f"{url} answered {response.status_code}")
+                    if response.status_code >= 400:
+                        raise PageRefused(f"Error: {url} answered {response.status_code} {response.reason_phrase}.")
+                    body = await self._read(response, url)
+                except httpx.TimeoutException as exc:
+                    raise PageRefused(self._too_slow(url)) from exc
+                except httpx.HTTPError as exc:
+                    raise InfraError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
+                finally:
+                    await response.aclose()
+                # Extraction is CPU work in a thread: its cost is bounded by the extraction
+                # limits, since a thread cannot be stopped at the deadline.
+                content_type = response.headers.get("content-type", "text/html").split(";")[0].strip().lower()
+                return await asyncio.to_thread(self._page, url, body, content_type, response.charset_encoding)
         raise PageRefused(f"Refused: more than {self.max_redirects} redirects.")
 
-    def _send(self, url: str, deadline: float) -> httpx.Response:
-        """Send a GET for `url`; every network wait is bounded by the time left to `deadline`."""
-        remaining = self._remaining(url, deadline)
+    async def _send(self, transport: httpx.AsyncBaseTransport, url: str) -> httpx.Response:
+        """Send a GET for `url` and return the response with its body still to read."""
         try:
             request = httpx.Request(
                 "GET", url,
                 headers={"User-Agent": "agentrl-browser/0.1", "Accept-Encoding": ACCEPT_ENCODING},
-                extensions={"timeout": httpx.Timeout(remaining).as_dict()},
+                extensions={"timeout": httpx.Timeout(self.timeout).as_dict()},
             )
         except (httpx.InvalidURL, UnicodeError) as exc:  # what the policy's parser accepts but
             # httpx's does not (UnicodeError: a host with invalid punycode, `xn--a.com`)
             raise PageRefused(f"Refused: '{url}' is not a valid URL ({exc}).") from exc
         try:
-            response = self._transport.handle_request(request)
+            # A bare transport rather than an httpx client: the client parses every Location
+            # header itself, even when not following redirects, and raises on a hostile one.
+            response = await transport.handle_async_request(request)
         except httpx.TimeoutException as exc:
             raise PageRefused(self._too_slow(url)) from exc
         except httpx.ConnectError as exc:
@@ -296,17 +296,16 @@ class Browser:
         response.request = request
         return response
 
-    def _read(self, response: httpx.Response, url: str, deadline: float) -> bytes:
-        """The decoded body, at most `max_bytes`, read by `deadline`."""
+    async def _read(self, response: httpx.Response, url: str) -> bytes:
+        """The decoded body, at most `max_bytes`."""
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise PageRefused(self._too_large(url))
         try:
             decoder = BoundedDecoder(response.headers.get("content-encoding", ""), self.max_bytes)
             body = bytearray()
-            for chunk in response.iter_raw():
+            async for chunk in response.aiter_raw():
                 body += decoder.feed(chunk)
-                self._remaining(url, deadline)  # a server that drips bytes never trips a read timeout
         except BodyTooLarge as exc:
             raise PageRefused(self._too_large(url)) from exc
         except UnsupportedEncoding as exc:
@@ -317,12 +316,16 @@ class Browser:
             raise PageRefused(f"Error: {url} is not valid '{exc.encoding}' data.") from exc
         return bytes(body)
 
-    def _remaining(self, url: str, deadline: float) -> float:
-        """Seconds left to `deadline`; `PageRefused` once it has passed."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise PageRefused(self._too_slow(url))
-        return remaining
+    def _page(self, url: str, body: bytes, content_type: str, charset: str | None) -> Page:
+        """The readable page of a response body."""
+        if content_type in ("text/html", "application/xhtml+xml"):
+            html = decode_text(body, charset)
+            return html_to_page(html, url, self.max_lines, self.max_links, self.max_extract_chars)
+        if content_type.startswith("text/"):
+            text = _CONTROL_CHARACTERS.sub("", decode_text(body, charset))
+            lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+            return Page(url=url, title=url, lines=lines[: self.max_lines], links=[])
+        raise PageRefused(f"Refused: {url} is {content_type}, not a text page.")
 
     def _too_slow(self, url: str) -> str:
         return f"Error: {url} did not answer within {self.timeout:g} s."
@@ -418,16 +421,8 @@ class OpenTool(_BrowserTool):
                 count = len(page.links) if page else 0
                 return ToolResult.error(f"Error: no link [{n}] on this page (it has {count} links).")
             target = page.links[n - 1]
-        # One deadline for the whole call: each attempt's network waits end by it, and waiting
-        # for the attempts (and the pauses between them) ends by it too.
-        deadline = time.monotonic() + browser.timeout
         try:
-            page, retries = await asyncio.wait_for(
-                with_retries(lambda: asyncio.to_thread(browser.fetch, target, deadline), browser.retry),
-                timeout=browser.timeout,
-            )
-        except asyncio.TimeoutError:
-            return ToolResult.error(browser._too_slow(target), url=target)
+            page, retries = await browser.load(target)
         except PageRefused as exc:
             status = ToolStatus.REFUSED if str(exc).startswith("Refused") else ToolStatus.ERROR
             return ToolResult(str(exc), status, {"url": target})

@@ -123,6 +123,16 @@ class _Hostile(BaseHTTPRequestHandler):
             except OSError:
                 pass  # the browser hung up
             self.close_connection = True
+        elif path == "/drip-headers":  # the response's headers, one byte at a time
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(120):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.25)
+            except OSError:
+                pass
+            self.close_connection = True
         elif path == "/drip-then-drop":  # a promised body cut off after 1.5 s: a retried network error
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
@@ -365,6 +375,18 @@ def test_a_slow_drip_ends_at_the_deadline(hostile):
     assert time.monotonic() - start < 15
     assert result.status is ToolStatus.ERROR
     assert result.text == f"Error: {hostile.url}/drip did not answer within 2 s."
+    browser.close()
+
+
+def test_a_slow_drip_of_headers_ends_at_the_deadline(hostile):
+    # No response object exists yet to close: the wait must be cancelled where it is. `_open`
+    # runs the call in its own event loop, which on exit waits for any thread the call left
+    # behind, so a thread still reading past the deadline would show here too.
+    browser = _browser(hostile, timeout=2.0)
+    start = time.monotonic()
+    result = _open(browser, f"{hostile.url}/drip-headers")
+    assert time.monotonic() - start < 15
+    assert result.text == f"Error: {hostile.url}/drip-headers did not answer within 2 s."
     browser.close()
 
 
