@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import re
 import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urljoin
@@ -239,7 +241,7 @@ class Browser:
         failures worth retrying.
         """
         # A pool per call: connections belong to the event loop that opened them.
-        async with httpx.AsyncHTTPTransport(proxy=self.proxy) as transport:
+        async with httpx.AsyncHTTPTransport(verify=_ssl_context(), proxy=self.proxy) as transport:
             for _ in range(self.max_redirects + 1):
                 # The policy resolves the host name, and a resolver call blocks.
                 reason = await asyncio.to_thread(self.policy.check, url)
@@ -350,6 +352,13 @@ class Browser:
 
     def _cut(self, line: str) -> str:
         return line if len(line) <= self.max_line_chars else line[: self.max_line_chars] + " [...]"
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """The certificate store, loaded once per process: loading it takes tens of milliseconds,
+    and every call opens a new transport."""
+    return httpx.create_ssl_context()
 
 
 def _host_not_found(error: BaseException) -> bool:
