@@ -22,6 +22,7 @@ import pytest
 
 from agentrl.tools.base import ToolResult, ToolStatus
 from agentrl.tools.browser import Browser, OpenArgs
+from agentrl.tools.content_decoding import BodyTooLarge, BoundedDecoder, UnsupportedEncoding
 from agentrl.tools.retry import RetryPolicy
 from agentrl.tools.url_policy import UrlPolicy
 
@@ -432,3 +433,44 @@ def test_ipv6_forms_of_private_addresses_are_refused(host):
 def test_public_ipv6_addresses_pass():
     assert UrlPolicy(("*",)).check("http://[2606:4700:4700::1111]/") is None
     assert UrlPolicy(("*",)).check("http://[64:ff9b::808:808]/") is None  # NAT64 of 8.8.8.8
+
+
+# --- the bounded decoder on its own --------------------------------------------------------------
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(wbits=wbits)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: _deflate(data, -zlib.MAX_WBITS)),  # raw deflate, as some servers send
+        ("deflate, gzip", lambda data: gzip.compress(zlib.compress(data))),
+        ("identity", lambda data: data),
+    ],
+)
+def test_the_decoder_reads_byte_by_byte(encoding, encode):
+    # One byte per chunk: the deflate header check must wait for its two bytes.
+    page = PAGE.encode() * 20
+    decoder = BoundedDecoder(encoding, limit=len(page))
+    wire = encode(page)
+    assert b"".join(decoder.feed(wire[i : i + 1]) for i in range(len(wire))) == page
+
+
+def test_the_decoder_stops_every_layer_at_the_limit():
+    bomb = _double_gzip_bomb()
+    decoder = BoundedDecoder("gzip, gzip", limit=10_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BodyTooLarge):
+            decoder.feed(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak} bytes allocated to refuse a {BOMB_BYTES}-byte bomb at a 10 kB limit"
+    with pytest.raises(UnsupportedEncoding):
+        BoundedDecoder("gzip, zstd", limit=10)
