@@ -1,56 +1,97 @@
 """Checkpoints: model weights (Hugging Face format), optimizer, schedule, RNG and loop state.
 
-Each checkpoint is a directory `checkpoints/iter_XXXXXX` written under a temporary name and
-renamed when complete, so a run killed while saving never leaves a half checkpoint behind.
-`--resume` loads the newest one; the loop then continues with the same task order and RNG state.
+A checkpoint is a directory `checkpoints/iter_XXXXXX` holding the state *before* iteration
+XXXXXX runs. `--resume` loads the newest one; the loop then continues with the same task order
+and RNG state. A run killed at any moment (Ctrl-C, `kill -9`, the out-of-memory killer) resumes
+without losing or repeating anything:
+
+- A checkpoint is written under a temporary name, its files are flushed to disk, and
+  `manifest.json`, written last, lists every file with its size; only then is the directory
+  renamed to `iter_XXXXXX`. `latest_checkpoint()` returns only a directory whose manifest is
+  there and whose files all have the sizes it lists, so a half-written checkpoint is never
+  loaded.
+- An old checkpoint is first renamed out of the `iter_` names and only then deleted, so a kill
+  during the deletion leaves a `.trash-` directory that nothing loads (the next save removes it).
+- The run's append-only logs (`metrics.jsonl`, `trajectories.jsonl`) are part of the state: a
+  checkpoint records their lengths in bytes, and resuming cuts them back to those lengths with
+  `rewind_logs`, so an iteration that runs again after a kill writes its lines once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 _PREFIX = "iter_"
+_TEMPORARY = ".tmp-"  # a checkpoint being written
+_TRASH = ".trash-"    # a checkpoint being deleted
+MANIFEST = "manifest.json"
+#: The run directory's append-only logs that a checkpoint rewinds on resume.
+LOGS = ("metrics.jsonl", "trajectories.jsonl")
 
 
 def save_checkpoint(
     run_dir: Path, iteration: int, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer,
     scheduler: Any, state: dict[str, Any], keep: int = 2,
 ) -> Path:
-    """Save the state *before* `iteration` runs (so resuming runs `iteration` next)."""
+    """Save the state *before* `iteration` runs (so resuming runs `iteration` next).
+
+    `state` is the loop's own state (JSON), e.g. the task counter and `log_lengths()`. The
+    newest `keep` checkpoints are kept.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_PREFIX}{iteration:06d}"
-    tmp = root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_leftovers(root)
+    final = checkpoint_dir(run_dir, iteration)
+    tmp = root / f"{_TEMPORARY}{final.name}"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": _rng_state()}, tmp / "trainer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"iteration": iteration, **state}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
+    _write_manifest(tmp)
+    if final.exists():  # the same iteration saved again: the new copy replaces it
+        _delete(final)
     tmp.rename(final)
+    _sync(root)
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
     return final
 
 
+def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
+    """Where the checkpoint of `iteration` is (or would be) saved."""
+    return Path(run_dir) / "checkpoints" / f"{_PREFIX}{iteration:06d}"
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+    return sorted(p for p in root.iterdir() if p.name.startswith(_PREFIX) and is_complete(p))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a checkpoint directory holds every file its manifest lists, at the listed size."""
+    try:
+        files = json.loads((Path(path) / MANIFEST).read_text())["files"]
+        return all((Path(path) / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
@@ -60,6 +101,70 @@ def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: 
     scheduler.load_state_dict(saved["scheduler"])
     _set_rng_state(saved["rng"])
     return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
+# --- the run's logs ----------------------------------------------------------------------------
+
+
+def log_lengths(run_dir: Path) -> dict[str, int]:
+    """The byte length of each log of `LOGS` now (0 for one not written yet), flushed to disk
+    first so that the lengths a checkpoint records are on disk too."""
+    lengths = {}
+    for name in LOGS:
+        path = Path(run_dir) / name
+        if path.is_file():
+            _sync(path)
+        lengths[name] = path.stat().st_size if path.is_file() else 0
+    return lengths
+
+
+def rewind_logs(run_dir: Path, lengths: Mapping[str, int]) -> None:
+    """Cut each log back to the length a checkpoint recorded: the lines written after it (by
+    iterations that will run again, or half a line cut by a kill) go."""
+    for name, length in lengths.items():
+        path = Path(run_dir) / name
+        if path.is_file() and path.stat().st_size > length:
+            os.truncate(path, length)
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+def _write_manifest(directory: Path) -> None:
+    """Flush every file of `directory` to disk, then write the manifest listing them (last)."""
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        _sync(path)
+        files[path.relative_to(directory).as_posix()] = path.stat().st_size
+    manifest = directory / MANIFEST
+    manifest.write_text(json.dumps({"files": files}, indent=1))
+    _sync(manifest)
+    _sync(directory)
+
+
+def _delete(checkpoint: Path) -> None:
+    """Rename out of the checkpoint names first, so that a kill mid-deletion leaves nothing
+    that looks like a checkpoint."""
+    trash = checkpoint.with_name(_TRASH + checkpoint.name)
+    shutil.rmtree(trash, ignore_errors=True)
+    checkpoint.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Checkpoints half written or half deleted when an earlier run was killed."""
+    for path in root.iterdir():
+        if path.name.startswith((_TEMPORARY, _TRASH)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _sync(path: Path) -> None:
+    """fsync a file or a directory (a directory's entries: a rename in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -44,7 +44,15 @@ from agentrl.generation import HFGenerator
 from agentrl.models import attention_implementation, autocast, resolve_autocast
 from agentrl.rollout import RolloutEngine, make_strategy
 from agentrl.training.batch import collate, family_micro_batches, micro_batches
-from agentrl.training.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from agentrl.training.checkpoint import (
+    checkpoint_dir,
+    is_complete,
+    latest_checkpoint,
+    load_trainer_state,
+    log_lengths,
+    rewind_logs,
+    save_checkpoint,
+)
 from agentrl.training.logprobs import token_logprobs
 from agentrl.training.metrics import MetricsLogger
 from agentrl.training.optim import make_optimizer, warmup_cosine
@@ -103,7 +111,9 @@ class RLTrainer:
     # --- loop ------------------------------------------------------------------------------
 
     def resume(self) -> bool:
-        """Continue from the newest checkpoint of the run directory; False if there is none."""
+        """Continue from the newest complete checkpoint of the run directory; False if there is
+        none. The run's logs are cut back to where they were at that checkpoint, so the
+        iterations that run again write their lines once."""
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return False
@@ -114,32 +124,51 @@ class RLTrainer:
         state = load_trainer_state(path, self.optimizer, self.scheduler)
         self.iteration = int(state["iteration"])
         self.next_task = int(state["next_task"])
+        rewind_logs(self.run_dir, state.get("log_lengths", {}))
         return True
 
-    def save(self) -> Path:
+    def save(self, logs: dict[str, int] | None = None) -> Path:
+        """Checkpoint the state before iteration `self.iteration` runs. `logs`: the log lengths
+        that belong to that state (default: the logs as they are now)."""
+        logs = log_lengths(self.run_dir) if logs is None else logs
         return save_checkpoint(self.run_dir, self.iteration, self.model, self.tokenizer, self.optimizer,
-                               self.scheduler, {"next_task": self.next_task},
+                               self.scheduler, {"next_task": self.next_task, "log_lengths": logs},
                                keep=self.config.train.keep_checkpoints)
 
     def train(self) -> None:
-        """Run the remaining iterations. Ctrl-C leaves a checkpoint to resume from."""
+        """Run the remaining iterations. Ctrl-C leaves a checkpoint to resume from, and so does a
+        kill at any moment (the newest checkpoint on disk)."""
         tcfg = self.config.train
+        # Where the logs and the optimizer were when the running iteration began (the logs are
+        # None between iterations).
+        logs_before_iteration: dict[str, int] | None = None
+        steps_before_iteration = self.scheduler.last_epoch
         try:
+            if latest_checkpoint(self.run_dir) is None:
+                self.save()  # the starting point, so that a run killed in iteration 1 resumes too
             while self.iteration < tcfg.iterations:
+                logs_before_iteration = log_lengths(self.run_dir)
+                steps_before_iteration = self.scheduler.last_epoch
                 metrics = self.train_iteration()
                 self.iteration += 1
                 self._iteration_first_task = self.next_task  # the new point to resume from
+                logs_before_iteration = None  # and the lines written so far belong to it
                 if self.on_iteration is not None:
                     self.on_iteration(self.iteration, metrics)
                 if self.iteration % tcfg.checkpoint_every == 0 or self.iteration == tcfg.iterations:
                     self.save()
         except KeyboardInterrupt:
-            # The interrupted iteration may have half-updated the weights, so the consistent
-            # state to resume from is the last completed iteration: save it only if no update
-            # of the current iteration has started, else keep the newest checkpoint on disk.
-            if not self._updating:
-                self.next_task = self._iteration_first_task  # redo this iteration's tasks
+            # The state to resume from is the last completed iteration. Between iterations
+            # (an evaluation, a save) that is the state now. Within one, save it only if the
+            # weights are still those it started from and it is not on disk yet (a checkpoint
+            # taken at the time has the RNG state of the time); else the newest checkpoint on
+            # disk is where the run resumes.
+            if logs_before_iteration is None:
                 self.save()
+            elif not (self._updating or self.scheduler.last_epoch != steps_before_iteration
+                      or is_complete(checkpoint_dir(self.run_dir, self.iteration))):
+                self.next_task = self._iteration_first_task  # redo this iteration's tasks
+                self.save(logs=logs_before_iteration)  # and write its lines again, once
             raise
         finally:
             self.engine.close()
