@@ -11,8 +11,9 @@ The rules, checked for the first URL and again for every redirect hop:
    address is refused unless an allowlist entry names it exactly (no wildcard): a local test
    server is opened with `allow_hosts=["127.0.0.1:8765"]`, but `*` never reaches the cloud
    metadata address 169.254.169.254 or a service on the training machine. IPv6 addresses that
-   carry an IPv4 address (IPv4-mapped `::ffff:127.0.0.1`, IPv4-compatible `::127.0.0.1`, 6to4,
-   Teredo, NAT64 `64:ff9b::/96`) are judged by the IPv4 address as well.
+   stand for an IPv4 address (IPv4-mapped `::ffff:127.0.0.1`, 6to4, Teredo, NAT64
+   `64:ff9b::/96`) are judged by that IPv4 address; the deprecated IPv4-compatible form
+   `::127.0.0.1` lies in the reserved `::/8` and is refused.
 
 The address is resolved when the URL is checked; a host that changes its DNS answer between the
 check and the connection (DNS rebinding) is not covered, so put untrusted browsing behind a
@@ -31,8 +32,6 @@ from urllib.parse import urlsplit
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 # Well-known NAT64 prefix: the last 32 bits are the IPv4 address a NAT64 gateway connects to.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-# IPv4-compatible IPv6 (deprecated, inside the reserved ::/8): the last 32 bits are IPv4.
-_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,11 @@ def _private_address(host: str) -> str | None:
 
 
 def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Globally reachable unicast, and so is every IPv4 address embedded in it."""
+    """Globally reachable unicast and not reserved, and so is every IPv4 address it stands for.
+
+    `is_global` alone is not enough: Python counts the reserved `::/8` (where `::127.0.0.1`
+    lies) and 6to4 addresses of private IPv4 (`2002:7f00:1::`) as global.
+    """
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
         if embedded:
@@ -121,6 +124,6 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address
         return [address.sixtofour]
     if address.teredo is not None:
         return list(address.teredo)
-    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+    if address in _NAT64:
         return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
     return []
