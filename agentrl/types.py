@@ -115,6 +115,13 @@ class Trajectory:
         return len(self.steps)
 
     @property
+    def infra_error(self) -> str | None:
+        """Why the infrastructure (an env crash, a tool or sandbox failure) ended this
+        trajectory, or None. Such a trajectory says nothing about the policy: it is counted,
+        never trained on or scored."""
+        return self.info.get("infra_error") or None
+
+    @property
     def num_action_tokens(self) -> int:
         return int(sum(self.loss_mask))
 

@@ -23,6 +23,11 @@ the engine:
 - `success`: the task is solved.
 - `action_valid`: the last action could be parsed (always True after reset).
 - `tool_calls`: the tool calls the last action made (a list, possibly empty).
+- `infra_error` (optional): a message saying the infrastructure failed during this step (a tool
+  server down after its retries, a sandbox that died), not the policy. The rollout engine ends
+  the episode there and marks the trajectory, which is then counted (`rollout/infra_errors`)
+  and never trained on; a strategy may sample a replacement. An exception raised by `reset`
+  or `step` is treated the same way.
 
 Group members reset with the same seed see the same task, which is what makes GRPO groups.
 """

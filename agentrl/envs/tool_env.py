@@ -31,14 +31,17 @@ and the cache.
 
 `info` holds the keys of `agentrl.envs.base` (anchor = the observation text the agent acts on
 next) and episode-cumulative metrics: `tools/calls`, `tools/errors` (the model's failed calls),
-`tools/timeouts`, `tools/infra_errors`, `tools/infra_retries`, `tools/cache_hits`, and
-`invalid/<kind>` for every `InvalidKind`, plus `turn`, `answer` and `invalid_kind`.
+`tools/timeouts`, `tools/infra_errors`, `tools/infra_retries`, `tools/cache_hits`,
+`tools/<tool>/calls` and `tools/<tool>/seconds` (time the env waited on that tool), and
+`invalid/<kind>` for every `InvalidKind`, plus `turn`, `answer` and `invalid_kind`. A step whose
+tool failed for infrastructure reasons also carries `infra_error` (see `agentrl.envs.base`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, SupportsFloat, Union
@@ -176,7 +179,9 @@ class ToolEnv(TextEnv):
         super().reset(seed=seed)
         options = options or {}
         self._transcript = []
-        self.tool_cache = options.get("tool_cache") or ToolCache()
+        shared = options.get("tool_cache")
+        # `is None`, not `or`: an empty cache has length 0 and is falsy, yet it is the group's.
+        self.tool_cache = shared if shared is not None else ToolCache()
         for tool in self.tools.values():
             tool.reset()
         task = self._pick_task(options.get("task_index"))
@@ -206,7 +211,7 @@ class ToolEnv(TextEnv):
                     f"Answer now with {self.format.render_answer('...')}.",
                 ))
 
-        reward, terminated, calls_info = 0.0, False, []
+        reward, terminated, calls_info, infra_errors = 0.0, False, [], []
         if parsed.error is not None:
             episode.invalid[parsed.error.kind.value] += 1
             observation = parsed.error.message
@@ -218,6 +223,8 @@ class ToolEnv(TextEnv):
             for call, result in zip(parsed.calls, results):
                 episode.tool_calls[call.name] += 1
                 calls_info.append({**call.to_dict(), "status": result.status.value})
+                if result.status is ToolStatus.INFRA_ERROR:
+                    infra_errors.append(f"{call.name}: {result.data.get('error') or result.text}")
             observation = self.format.render_results([self._shown(r) for r in results])
 
         truncated = not terminated and episode.turns >= self.max_turns
@@ -236,6 +243,10 @@ class ToolEnv(TextEnv):
             anchor=observation, success=success, action_valid=parsed.valid, tool_calls=calls_info,
             **self._metrics(kind),
         )
+        if infra_errors:
+            # A tool's infrastructure failed after its retries: the rollout engine ends the
+            # episode and keeps it out of training (the policy did nothing wrong).
+            info["infra_error"] = "; ".join(infra_errors)
         return observation, reward, terminated, truncated, info
 
     def close(self) -> None:
@@ -294,8 +305,12 @@ class ToolEnv(TextEnv):
 
         async def run_tool(name: str, indices: list[int]) -> None:
             tool = self.tools[name]
+            started = time.perf_counter()
             for i, result in zip(indices, await self._call_tool(tool, [calls[i] for i in indices])):
                 results[i] = result
+            # Per-tool latency as the env waits for it (cache hits included).
+            self.episode.metrics[f"tools/{name}/seconds"] += time.perf_counter() - started
+            self.episode.metrics[f"tools/{name}/calls"] += len(indices)
 
         await asyncio.gather(*(run_tool(name, idx) for name, idx in by_tool.items()))
         for result in results:
@@ -306,16 +321,41 @@ class ToolEnv(TextEnv):
         if tool.stateful:
             # One interpreter or browser session: calls run in the order they were written.
             return [await self._guarded(tool, [call.args]) for call in calls]
-        # Stateless: answer repeats from the group cache, send the rest as one batch.
+        # Stateless: answer repeats from the group cache (or from the same call running for
+        # another env of the group), send the rest as one batch.
         keys = [call_key(tool.name, call.arguments) for call in calls]
-        cached = [self.tool_cache.get(key) for key in keys]
-        missing = [i for i, hit in enumerate(cached) if hit is None]
-        if missing:
-            fresh = await self._guarded_many(tool, [calls[i].args for i in missing])
-            for i, result in zip(missing, fresh):
-                self.tool_cache.put(keys[i], result)
-                cached[i] = result
-        return cached  # type: ignore[return-value]
+        results: list[ToolResult | None] = [None] * len(calls)
+        waiting: list[tuple[int, Any]] = []
+        mine: dict[Any, int] = {}  # key -> the call of this batch that runs it
+        for i, key in enumerate(keys):
+            if key in mine:
+                waiting.append((i, None))
+                continue
+            hit, running = self.tool_cache.claim(key)
+            if hit is not None:
+                results[i] = hit
+            elif running is not None:
+                waiting.append((i, running))
+            else:
+                mine[key] = i
+        owned = list(mine.values())
+        try:
+            fresh = await self._guarded_many(tool, [calls[i].args for i in owned]) if owned else []
+        except BaseException:  # cancelled: never leave the group's other envs waiting
+            for i in owned:
+                self.tool_cache.finish(keys[i], ToolResult(
+                    f"Error: the {tool.name} call was cancelled.", ToolStatus.INFRA_ERROR))
+            raise
+        for i, result in zip(owned, fresh):
+            self.tool_cache.finish(keys[i], result)
+            results[i] = result
+        for i, running in waiting:
+            if running is None:  # a repeat within this turn's own calls
+                first = results[mine[keys[i]]]
+                results[i] = ToolResult(first.text, first.status, dict(first.data), cached=True)
+            else:
+                results[i] = await asyncio.wrap_future(running)
+        return results  # type: ignore[return-value]
 
     async def _guarded(self, tool: Tool, args: list[Any]) -> ToolResult:
         return (await self._guarded_many(tool, args, single=True))[0]
@@ -356,6 +396,8 @@ class ToolEnv(TextEnv):
             for name in ("tools/calls", "tools/errors", "tools/timeouts", "tools/infra_errors",
                          "tools/infra_retries", "tools/cache_hits")
         }
+        metrics.update({name: value for name, value in episode.metrics.items()
+                        if name.count("/") == 2})  # tools/<tool>/calls and tools/<tool>/seconds
         metrics.update({f"invalid/{kind.value}": int(episode.invalid[kind.value]) for kind in InvalidKind})
         metrics.update(turn=episode.turns, answer=episode.answer, invalid_kind=invalid_kind)
         return metrics

@@ -24,11 +24,23 @@ def evaluate(
     sampling_seed: int = 0,
     env_workers: int = 8,
 ) -> tuple[dict[str, Any], list[Trajectory]]:
-    """One episode per seed; returns (metrics, trajectories)."""
+    """One episode per seed; returns (metrics, trajectories).
+
+    An episode the infrastructure ended (a crashed env, a tool or sandbox failure) is replaced
+    once by a fresh one of the same task; the metrics cover the episodes that ran to their
+    end, and `infra_errors` counts the others (they stay in the returned trajectories).
+    """
     sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                               seed=sampling_seed)
     with RolloutEngine(generator, tokenizer, sampling, max_turns=max_turns,
                        max_total_tokens=max_total_tokens, env_workers=env_workers) as engine:
         groups = engine.run(make_env, [{"seed": int(s)} for s in seeds], ChainStrategy(1))
     trajectories = [t for g in groups for t in g.trajectories]
-    return self_correction_metrics(trajectories, ks), trajectories
+    scored = [t for t in trajectories if not t.infra_error]
+    if not scored:
+        reasons = sorted({t.infra_error for t in trajectories})[:3]
+        raise RuntimeError(f"Every evaluation episode failed for infrastructure reasons, e.g. {reasons}; "
+                           "check that the env's tools and sandboxes work (agentrl sandbox doctor).")
+    metrics = self_correction_metrics(scored, ks)
+    metrics["infra_errors"] = len(trajectories) - len(scored)
+    return metrics, trajectories

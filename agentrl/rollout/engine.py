@@ -8,7 +8,8 @@ One call of `RolloutEngine.run` turns a list of tasks into `Group`s of `Trajecto
            -> all env.step(action_text) run concurrently: envs with a coroutine `astep` (ToolEnv)
               together on the tools' event loop, others in a thread pool
            -> the template delta (closing + observation + generation prompt) appended, mask 0
-           -> the strategy may add branches (forks) of episodes
+           -> the strategy may add branches (forks) of episodes, and replacements for episodes
+              the infrastructure ended (`info["infra_error"]`, or an env that raised)
     until no episode is active; then each episode becomes a Trajectory of its task's Group.
 
 The engine knows envs only through the TextEnv contract and models only through the
@@ -27,9 +28,11 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from agentrl.generation.seeding import derive_seed
+from agentrl.envs.tool_env import ToolEnv
 from agentrl.rollout.chat import ChatTemplater
 from agentrl.rollout.episode import Episode
 from agentrl.rollout.strategies import Strategy
+from agentrl.tools.cache import ToolCache
 from agentrl.tools.runner import run_sync
 from agentrl.types import Completion, Group, Message, SamplingParams, Step
 
@@ -101,13 +104,28 @@ class RolloutEngine:
         budgets: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         counters = defaultdict(int)
 
+        # One cache of stateless tool results per task: a group's repeated searches run once.
+        tool_caches: dict[int, ToolCache] = defaultdict(ToolCache)
+
         def spawn(task_index: int) -> Episode:
             traj_id = counters[task_index]
             counters[task_index] += 1
-            return self._new_episode(make_env(), tasks[task_index], task_index, traj_id)
+            return self._new_episode(make_env(), tasks[task_index], task_index, traj_id,
+                                     tool_caches[task_index])
+
+        def refill(failed: list[Episode]) -> list[Episode]:
+            """Replacements for episodes the infrastructure ended (and for theirs, in turn)."""
+            added: list[Episode] = []
+            refill_with = getattr(strategy, "refill", None)
+            while failed and refill_with is not None:
+                new = refill_with(failed, spawn)
+                added.extend(new)
+                failed = [e for e in new if e.infra_error]
+            return added
 
         started = time.perf_counter()
         episodes = strategy.start(len(tasks), spawn)
+        episodes.extend(refill([e for e in episodes if e.infra_error]))
         reset_time = time.perf_counter() - started
 
         # Every turn's prompt continues the episode's previous prompt and completion, so a
@@ -124,6 +142,7 @@ class RolloutEngine:
                         if branch.traj_id >= counters[branch.group_id]:
                             counters[branch.group_id] = branch.traj_id + 1
                     episodes.extend(new)
+                    episodes.extend(refill([e for e, _ in taken if e.infra_error]))
                     active = [e for e in episodes if not e.done]
         finally:
             if close_envs:
@@ -139,6 +158,9 @@ class RolloutEngine:
                 episode.group_id, Group(group_id=episode.group_id, task=dict(tasks[episode.group_id]))
             )
             group.trajectories.append(episode.to_trajectory())
+        for episode in episodes:
+            if episode.infra_error:
+                budgets[episode.group_id]["infra_errors"] += 1
         for group_id, group in groups.items():
             group.budget = dict(budgets[group_id])
             group.budget["time/reset"] = reset_time / max(1, len(groups))
@@ -221,9 +243,12 @@ class RolloutEngine:
             episode.success = bool(info.get("success", False))
             episode.anchor = info.get("anchor")
 
+            if info.get("infra_error"):
+                # The infrastructure failed, not the policy: end here; never trained on.
+                episode.infra_error = str(info["infra_error"])
             max_turns = self.max_turns or getattr(episode.env, "max_turns", None)
             hit_turn_limit = max_turns is not None and episode.turns >= max_turns
-            ended = bool(terminated or truncated or hit_turn_limit)
+            ended = bool(terminated or truncated or hit_turn_limit or episode.infra_error)
             obs_message = None if ended else Message(episode.env.observation_role, observation)
             templater = episode.templater
             delta = templater.delta_ids(
@@ -256,8 +281,18 @@ class RolloutEngine:
             return run_sync(_astep_all(envs, actions))
         return list(self._pool.map(_safe_step, envs, actions))
 
-    def _new_episode(self, env: Any, task: dict[str, Any], group_id: int, traj_id: int) -> Episode:
-        observation, info = env.reset(seed=task.get("seed"), options=task.get("options"))
+    def _new_episode(self, env: Any, task: dict[str, Any], group_id: int, traj_id: int,
+                     tool_cache: ToolCache | None = None) -> Episode:
+        options = task.get("options")
+        if tool_cache is not None and isinstance(getattr(env, "unwrapped", env), ToolEnv):
+            options = {**(options or {}), "tool_cache": tool_cache}
+        try:
+            observation, info = env.reset(seed=task.get("seed"), options=options)
+        except Exception as exc:  # noqa: BLE001 - a crashed reset loses one episode, not the run
+            return Episode(env=env, templater=None, token_ids=[], loss_mask=[], logprobs=[],
+                           prompt_len=0, messages=[], task=dict(task), group_id=group_id,
+                           traj_id=traj_id, done=True, truncated=True,
+                           infra_error=f"env reset failed: {type(exc).__name__}: {exc}")
         messages = []
         if env.system_prompt:
             messages.append(Message("system", env.system_prompt))
@@ -307,8 +342,9 @@ def _coroutine_step(env: Any) -> bool:
 
 
 def _env_error(exc: Exception):
+    """The step of an env that raised: the episode ends as an infrastructure failure."""
     message = f"Environment error: {type(exc).__name__}: {exc}"
-    return message, 0.0, False, True, {"action_valid": False, "env_error": message}
+    return message, 0.0, False, True, {"action_valid": False, "env_error": message, "infra_error": message}
 
 
 def _safe_step(env: Any, action: str):

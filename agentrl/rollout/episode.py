@@ -36,6 +36,8 @@ class Episode:
     success: bool = False
     truncated: bool = False
     last_info: dict[str, Any] = field(default_factory=dict)
+    #: set when the infrastructure (an env crash, a tool or sandbox failure) ended the episode
+    infra_error: str | None = None
     #: strategy-owned scratch space (e.g. ARPO's entropy baseline)
     scratch: dict[str, Any] = field(default_factory=dict)
 
@@ -89,5 +91,6 @@ class Episode:
                    if k not in ("anchor", "tool_calls") and isinstance(v, (int, float, bool, str))},
                 "solved_turn": self.last_info.get("solved_turn"),
                 "answers": self.last_info.get("answers"),
+                **({"infra_error": self.infra_error} if self.infra_error else {}),
             },
         )

@@ -4,13 +4,19 @@ All trajectories sampled for one task (a GRPO group, a Tree-GRPO tree) tend to m
 first search. A stateless tool gives the same answer to the same call, so the env answers repeats
 from a cache shared by the group, and counts the hits (`tools/cache_hits`). The cache lives as
 long as the group: envs of a group share one `ToolCache` (forks share it automatically; the
-rollout engine may pass one in `reset(options={"tool_cache": cache})`).
+rollout engine passes one per group in `reset(options={"tool_cache": cache})`).
+
+The envs of a group step together, so their identical first calls arrive at the same moment,
+before any result is stored. `claim` therefore also hands out the running call: the first env
+runs it, the others wait for its result (`concurrent.futures.Future`, awaitable from any event
+loop through `asyncio.wrap_future`) and count a hit.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import Future
 from typing import Any, Hashable
 
 from agentrl.tools.base import ToolResult
@@ -33,7 +39,34 @@ class ToolCache:
         self.hits = 0
         self.misses = 0
         self._results: dict[Hashable, ToolResult] = {}
+        self._running: dict[Hashable, Future] = {}
         self._lock = threading.Lock()
+
+    def claim(self, key: Hashable) -> tuple[ToolResult | None, Future | None]:
+        """What a caller about to run the call `key` should do:
+        `(result, None)`: use this cached result (a hit);
+        `(None, future)`: the same call is running for another env; await its result (a hit);
+        `(None, None)`: run it, then call `finish(key, result)` (a miss)."""
+        with self._lock:
+            result = self._results.get(key)
+            if result is not None:
+                self.hits += 1
+                return _as_cached(result), None
+            running = self._running.get(key)
+            if running is not None:
+                self.hits += 1
+                return None, running
+            self.misses += 1
+            self._running[key] = Future()
+            return None, None
+
+    def finish(self, key: Hashable, result: ToolResult) -> None:
+        """The claimed call `key` ended with `result`: store it (if ok) and wake the waiters."""
+        self.put(key, result)
+        with self._lock:
+            running = self._running.pop(key, None)
+        if running is not None:
+            running.set_result(_as_cached(result))
 
     def get(self, key: Hashable) -> ToolResult | None:
         with self._lock:
@@ -42,7 +75,7 @@ class ToolCache:
                 self.misses += 1
                 return None
             self.hits += 1
-        return ToolResult(text=result.text, status=result.status, data=dict(result.data), cached=True)
+        return _as_cached(result)
 
     def put(self, key: Hashable, result: ToolResult) -> None:
         if not result.ok:
@@ -57,3 +90,7 @@ class ToolCache:
     def __deepcopy__(self, memo: dict[int, Any]) -> "ToolCache":
         # Copies of an env belong to the same group: they share the cache.
         return self
+
+
+def _as_cached(result: ToolResult) -> ToolResult:
+    return ToolResult(text=result.text, status=result.status, data=dict(result.data), cached=True)

@@ -19,6 +19,7 @@ TABLE_COLUMNS = (
     ("mean_turns", "mean turns"),
     ("mean_return", "mean return"),
     ("mean_tool_calls", "tool calls"),
+    ("infra_errors", "infra errors"),  # episodes lost to the infrastructure, not scored
 )
 
 
@@ -31,7 +32,10 @@ def comparison_table(results: dict[str, dict[str, Any]], k: int) -> Table:
         row = [name]
         for key, _ in TABLE_COLUMNS:
             value = metrics.get(key if key != "succ@k" else f"succ@{k}")
-            row.append("-" if value is None else f"{value:.3f}")
+            if value is None:
+                row.append("-")
+            else:
+                row.append(str(value) if isinstance(value, int) else f"{value:.3f}")
         table.add_row(*row)
     return table
 

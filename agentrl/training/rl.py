@@ -55,6 +55,7 @@ from agentrl.training.checkpoint import (
 )
 from agentrl.training.logprobs import token_logprobs
 from agentrl.training.metrics import MetricsLogger
+from agentrl.training.tool_metrics import tool_metrics
 from agentrl.training.optim import make_optimizer, warmup_cosine
 from agentrl.training.shared_prefix import PrefixPlan, plan_shared_prefixes
 from agentrl.types import Group, SamplingParams, Trajectory
@@ -184,8 +185,9 @@ class RLTrainer:
         trajectories = [t for g in groups for t in g.trajectories]
         rollout_metrics = self._rollout_metrics(groups, rollout_time)
 
-        # 2. Advantages, broadcast to each trajectory's action tokens.
-        kept = [t for g in groups if g.group_id in kept_ids for t in g.trajectories]
+        # 2. Advantages, broadcast to each trajectory's action tokens. A trajectory the
+        #    infrastructure ended (env crash, tool or sandbox failure) is in no group statistic.
+        kept = [t for g in groups if g.group_id in kept_ids for t in _trainable(g)]
         advantages = self._token_advantages(kept)
 
         # 3. Policy update.
@@ -245,8 +247,8 @@ class RLTrainer:
 
     def _apply_filter(self, groups: list[Group]) -> set[int]:
         acfg = self.config.algorithm
-        rewards = [t.reward for g in groups for t in g.trajectories]
-        ids = [g.group_id for g in groups for t in g.trajectories]
+        rewards = [t.reward for g in groups for t in _trainable(g)]
+        ids = [g.group_id for g in groups for t in _trainable(g)]
         if acfg.group_filter == "dynamic":
             keep = dynamic_sampling_filter(rewards, ids)
         elif acfg.group_filter == "top_std":
@@ -256,8 +258,9 @@ class RLTrainer:
         return {gid for gid, k in zip(ids, keep) if k}
 
     def _rollout_metrics(self, groups: list[Group], rollout_time: float) -> dict[str, float]:
-        trajs = [t for g in groups for t in g.trajectories]
-        rewards = np.array([t.reward for t in trajs])
+        everything = [t for g in groups for t in g.trajectories]
+        trajs = [t for g in groups for t in _trainable(g)] or everything  # all failed: still log
+        rewards = np.array([t.reward for t in trajs]) if trajs else np.zeros(1)
         steps = [s for t in trajs for s in t.steps]
         budget = defaultdict(float)
         for g in groups:
@@ -272,9 +275,11 @@ class RLTrainer:
             "rollout/turns_mean": float(np.mean([t.num_turns for t in trajs])),
             "rollout/action_tokens_mean": float(np.mean([t.num_action_tokens for t in trajs])),
             "rollout/sequence_length_mean": float(np.mean([len(t.token_ids) for t in trajs])),
-            "rollout/invalid_action_rate": float(np.mean([not s.action_valid for s in steps])),
+            "rollout/invalid_action_rate": float(np.mean([not s.action_valid for s in steps] or [0.0])),
             "rollout/truncated_rate": float(np.mean([bool(t.info.get("truncated")) for t in trajs])),
             "rollout/trajectories": float(len(trajs)),
+            "rollout/infra_errors": float(sum(1 for t in everything if t.infra_error)),
+            **tool_metrics(everything),
             "tools/calls": float(budget["tool_calls"]),
             "perf/rollout_s": rollout_time,
             "perf/generate_s": float(budget["time/generate"]),
@@ -434,3 +439,9 @@ class RLTrainer:
         with (self.run_dir / "trajectories.jsonl").open("a", encoding="utf-8") as f:
             for traj in trajs[:count]:
                 f.write(json.dumps({"iteration": self.iteration + 1, **traj.to_dict()}) + "\n")
+
+
+def _trainable(group: Group) -> list[Trajectory]:
+    """The group's trajectories that say something about the policy: all but those the
+    infrastructure ended."""
+    return [t for t in group.trajectories if not t.infra_error]

@@ -299,10 +299,71 @@ def test_a_crashing_astep_ends_that_episode_not_the_batch(tokenizer):
                              else "<answer>42</answer>")
     with RolloutEngine(None, tokenizer, SamplingParams()) as engine:
         groups = engine.run(lambda: _env(Exploding), [{"seed": 0}], ChainStrategy(2), policy=boom_or_answer)
-    crashed, fine = groups[0].trajectories
+    # The crash is the infrastructure's: marked, and replaced by a fresh rollout of the task.
+    crashed, fine, replacement = groups[0].trajectories
+    assert crashed.infra_error == "Environment error: ValueError: boom"
     assert crashed.info["truncated"] and not crashed.steps[0].action_valid
-    assert "Environment error: ValueError: boom" in crashed.steps[0].observation
-    assert fine.success
+    assert fine.success and replacement.success and replacement.traj_id == 2
+    assert not fine.infra_error and not replacement.infra_error
+    assert groups[0].budget["infra_errors"] == 1
+
+
+def test_a_tool_infrastructure_failure_ends_the_episode_as_infra_error(tokenizer):
+    """A tool that raises (a server still down after its retries) is not the policy's fault:
+    the step says so in `info["infra_error"]`, and the engine ends and marks the episode."""
+    env = _env()
+    env.reset(seed=0)
+    *_, info = env.step("<broken>x</broken>")
+    assert info["infra_error"].startswith("broken: tool bug") and info["tools/infra_errors"] == 1
+    *_, info = env.step("<add>1</add>")
+    assert "infra_error" not in info
+
+    broken_then_answer = _writes(tokenizer, lambda episode: "<broken>x</broken>" if episode.traj_id == 0
+                                 else "<answer>42</answer>")
+    with RolloutEngine(None, tokenizer, SamplingParams()) as engine:
+        groups = engine.run(_env, [{"seed": 0}], ChainStrategy(2), policy=broken_then_answer)
+    crashed, *others = groups[0].trajectories
+    assert crashed.num_turns == 1 and crashed.infra_error.startswith("broken: tool bug")
+    assert len(others) == 2 and all(t.success and not t.infra_error for t in others)
+
+
+class CountingSearch(Tool):
+    """A stateless tool that counts how often it really runs."""
+
+    name = "lookup"
+    description = "Look a word up."
+    primary_arg = "word"
+    runs = 0
+
+    class Args(pydantic.BaseModel):
+        word: str
+
+    async def call(self, args):
+        type(self).runs += 1
+        return ToolResult(f"{args.word} means {args.word[::-1]}")
+
+
+def test_the_engine_shares_one_tool_cache_per_group(tokenizer):
+    """A group's identical stateless calls run once; the rest are cache hits. Groups do not
+    share a cache."""
+    CountingSearch.runs = 0
+    lookup_then_answer = _writes(tokenizer, lambda episode: "<lookup>sun</lookup>" if episode.turns == 0
+                                 else "<answer>42</answer>")
+    make = lambda: _env(tools=[CountingSearch()])  # noqa: E731
+    with RolloutEngine(None, tokenizer, SamplingParams()) as engine:
+        groups = engine.run(make, [{"seed": 0}, {"seed": 1}], ChainStrategy(4), policy=lookup_then_answer)
+    assert CountingSearch.runs == 2  # once per group
+    hits = [t.info["tools/cache_hits"] for g in groups for t in g.trajectories]
+    assert sum(hits) == 6
+    assert all(t.info["tools/lookup/calls"] == 1 and t.info["tools/lookup/seconds"] >= 0
+               for g in groups for t in g.trajectories)
+    # ... and the iteration's metrics (metrics.jsonl) carry every tool counter.
+    from agentrl.training import RLTrainer
+
+    metrics = RLTrainer._rollout_metrics(None, groups, rollout_time=1.0)
+    assert metrics["tools/cache_hits"] == 6 and metrics["tools/lookup/calls"] == 8
+    assert metrics["tools/errors"] == metrics["tools/timeouts"] == metrics["tools/infra_errors"] == 0
+    assert metrics["tools/lookup/latency_s"] >= 0 and metrics["rollout/infra_errors"] == 0
 
 
 def test_try_again_over_a_sandboxed_env_gives_every_sandbox_back(sandbox_backend):
