@@ -72,8 +72,7 @@ def _double_gzip_bomb() -> bytes:
 
 
 class _Hostile(BaseHTTPRequestHandler):
-    private_port = 0  # set by the fixture
-    bomb = b""
+    bomb = b""  # set by the fixture: building it takes a moment
 
     def do_GET(self):  # noqa: N802
         path, _, query = self.path.partition("?")
@@ -177,8 +176,7 @@ def private():
 
 
 @pytest.fixture(scope="module")
-def hostile(private):
-    _Hostile.private_port = private.port
+def hostile():
     _Hostile.bomb = _double_gzip_bomb()
     server = _Server(_Hostile)
     yield server
