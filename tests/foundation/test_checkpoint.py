@@ -228,3 +228,9 @@ if __name__ == "__main__":
     run_dir, model_dir, point, iteration = sys.argv[1:]
     _train_and_kill(Path(run_dir), Path(model_dir), point, int(iteration))
     sys.exit("the run ended without being killed")
+
+
+def test_metrics_of_a_run_killed_mid_line_read_up_to_the_cut(tmp_path):
+    """Until the run resumes (and cuts the half line away), its metrics still read."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n{"step": 2, "rew')
+    assert read_metrics(tmp_path) == [{"step": 1, "reward/mean": 0.5}]
