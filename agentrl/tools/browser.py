@@ -29,7 +29,8 @@ exception (which the env would count as an infrastructure failure), and within b
 - trafilatura reads pages up to `max_extract_chars` characters and `max_links` links (its cost
   grows faster than the page); larger pages, and pages where it finds no main content, are
   read by the linear-time plain reader (`agentrl.tools.plain_html`), and only the first
-  `max_links` links are numbered;
+  `max_links` links are numbered; a tag with more than `MAX_ATTRIBUTES` attributes loses them
+  (the HTML parser's time is quadratic in them);
 - a `charset` that is no text encoding (`base64`, `zlib`) falls back to UTF-8, and links or
   redirects that do not parse as URLs are shown without a number or refused with a message.
 """
@@ -71,6 +72,11 @@ _MD_LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+)\)")
 # Control characters other than tab and line breaks: not text, and not for the model's context.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ANCHOR = re.compile(r"<a[\s>]", re.IGNORECASE)
+# An opening tag and its attributes, whose quoted values may hold anything, '<' and '>' too.
+# One character per repetition, and alternatives that start with different characters: no
+# backtracking blow-up on text that is not a tag.
+_TAG = re.compile(r"""<([a-zA-Z][\w:-]*)(\s(?:[^<>"']|"[^"]*"|'[^']*')*)>""")
+_QUOTED = re.compile(r""""[^"]*"|'[^']*'""")
 
 
 class PageRefused(Exception):
@@ -104,7 +110,7 @@ def html_to_page(
     reader, whose cost stays linear. Only the first `max_links` links get a number; a link
     that does not parse as a URL keeps its text and gets none.
     """
-    html = _CONTROL_CHARACTERS.sub("", html)
+    html = _TAG.sub(_without_excess_attributes, _CONTROL_CHARACTERS.sub("", html))
     anchors = len(_ANCHOR.findall(html))
     title, markdown = "", ""
     if len(html) <= max_extract_chars and anchors <= max_links:
@@ -124,6 +130,20 @@ def html_to_page(
     text = _MD_LINK.sub(number, markdown)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return Page(url=url, title=title or url, lines=lines[:max_lines], links=links)
+
+
+#: More attributes than any real tag has; libxml2 (under both readers) spends time quadratic in
+#: the attributes of one tag: 50,000 of them took 39 s.
+MAX_ATTRIBUTES = 64
+
+
+def _without_excess_attributes(tag: re.Match[str]) -> str:
+    """A tag with more than `MAX_ATTRIBUTES` attributes loses them all (its text stays)."""
+    # Tokens: `name` alone, or `name = value` (a quoted value counts as one token).
+    tokens = _QUOTED.sub(" value ", tag.group(2)).replace("=", " = ").split()
+    if len(tokens) - 2 * tokens.count("=") > MAX_ATTRIBUTES:
+        return f"<{tag.group(1)}>"
+    return tag.group(0)
 
 
 def _trafilatura_markdown(html: str, url: str) -> tuple[str, str]:

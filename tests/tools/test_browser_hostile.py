@@ -149,6 +149,9 @@ class _Hostile(BaseHTTPRequestHandler):
         elif path == "/many-links":  # 1.8 MB, 40k links: trafilatura alone takes tens of seconds
             links = "".join(f"<p><a href='/p/{i}'>link {i}</a> text</p>" for i in range(40_000))
             self._send(f"<html><head><title>Links</title></head><body><main>{links}</main></body></html>".encode())
+        elif path == "/many-attributes":  # libxml2's time is quadratic in one tag's attributes
+            attributes = " ".join(f"a{i}='<>'" for i in range(50_000))
+            self._send(f"<html><body><p {attributes}>Lumeva is a city.</p></body></html>".encode())
         else:
             self._send(b"not found", status=404)
 
@@ -410,6 +413,16 @@ def test_a_page_of_40k_links_is_read_in_bounded_time(hostile):
     assert "link 0 [1] text" in result.text
     page = browser.session.page
     assert page is not None and len(page.links) <= browser.max_links
+    browser.close()
+
+
+def test_a_tag_with_50k_attributes_is_read_in_bounded_time(hostile):
+    browser = _browser(hostile, timeout=60.0)
+    start = time.monotonic()
+    result = _open(browser, f"{hostile.url}/many-attributes")
+    assert time.monotonic() - start < 15  # the HTML parsers took 40-50 s on this page
+    assert result.status is ToolStatus.OK, result.text
+    assert result.text.splitlines()[-1] == "L1: Lumeva is a city."
     browser.close()
 
 
