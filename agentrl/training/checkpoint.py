@@ -12,9 +12,9 @@ without losing or repeating anything:
   loaded.
 - An old checkpoint is first renamed out of the `iter_` names and only then deleted, so a kill
   during the deletion leaves a `.trash-` directory that nothing loads (the next save removes it).
-- The run's append-only logs (`metrics.jsonl`, `trajectories.jsonl`) are part of the state: a
-  checkpoint records their lengths in bytes, and resuming cuts them back to those lengths with
-  `rewind_logs`, so an iteration that runs again after a kill writes its lines once.
+- The run's append-only logs are part of the state: the trainer records their lengths in a
+  checkpoint's loop state and cuts them back when it resumes (`agentrl.training.metrics`), so
+  an iteration that runs again after a kill logs once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +33,6 @@ _PREFIX = "iter_"
 _TEMPORARY = ".tmp-"  # a checkpoint being written
 _TRASH = ".trash-"    # a checkpoint being deleted
 MANIFEST = "manifest.json"
-#: The run directory's append-only logs that a checkpoint rewinds on resume.
-LOGS = ("metrics.jsonl", "trajectories.jsonl")
 
 
 def save_checkpoint(
@@ -43,7 +41,7 @@ def save_checkpoint(
 ) -> Path:
     """Save the state *before* `iteration` runs (so resuming runs `iteration` next).
 
-    `state` is the loop's own state (JSON), e.g. the task counter and `log_lengths()`. The
+    `state` is the loop's own state (JSON), e.g. the task counter and the logs' lengths. The
     newest `keep` checkpoints are kept.
     """
     root = Path(run_dir) / "checkpoints"
@@ -101,30 +99,6 @@ def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: 
     scheduler.load_state_dict(saved["scheduler"])
     _set_rng_state(saved["rng"])
     return json.loads((Path(path) / "trainer_state.json").read_text())
-
-
-# --- the run's logs ----------------------------------------------------------------------------
-
-
-def log_lengths(run_dir: Path) -> dict[str, int]:
-    """The byte length of each log of `LOGS` now (0 for one not written yet), flushed to disk
-    first so that the lengths a checkpoint records are on disk too."""
-    lengths = {}
-    for name in LOGS:
-        path = Path(run_dir) / name
-        if path.is_file():
-            _sync(path)
-        lengths[name] = path.stat().st_size if path.is_file() else 0
-    return lengths
-
-
-def rewind_logs(run_dir: Path, lengths: Mapping[str, int]) -> None:
-    """Cut each log back to the length a checkpoint recorded: the lines written after it (by
-    iterations that will run again, or half a line cut by a kill) go."""
-    for name, length in lengths.items():
-        path = Path(run_dir) / name
-        if path.is_file() and path.stat().st_size > length:
-            os.truncate(path, length)
 
 
 # --- internals ---------------------------------------------------------------------------------

@@ -49,12 +49,10 @@ from agentrl.training.checkpoint import (
     is_complete,
     latest_checkpoint,
     load_trainer_state,
-    log_lengths,
-    rewind_logs,
     save_checkpoint,
 )
 from agentrl.training.logprobs import token_logprobs
-from agentrl.training.metrics import MetricsLogger
+from agentrl.training.metrics import MetricsLogger, log_lengths
 from agentrl.training.tool_metrics import tool_metrics
 from agentrl.training.optim import make_optimizer, warmup_cosine
 from agentrl.training.shared_prefix import PrefixPlan, plan_shared_prefixes
@@ -125,7 +123,8 @@ class RLTrainer:
         state = load_trainer_state(path, self.optimizer, self.scheduler)
         self.iteration = int(state["iteration"])
         self.next_task = int(state["next_task"])
-        rewind_logs(self.run_dir, state.get("log_lengths", {}))
+        if "log_lengths" in state:  # (checkpoints of earlier versions did not record them)
+            self.logger.rewind(state["log_lengths"])
         return True
 
     def save(self, logs: dict[str, int] | None = None) -> Path:

@@ -1,5 +1,6 @@
 """Checkpoints survive a kill at any moment: a real training process is killed with SIGKILL at
-chosen points, `resume()` then finishes the run, and nothing is lost or written twice.
+chosen points, `resume()` then finishes the run, and nothing is lost or written twice, neither
+in metrics.jsonl and trajectories.jsonl nor in TensorBoard's event files.
 
 The killed run is this file run as a script (`python test_checkpoint.py RUN_DIR MODEL_DIR POINT
 ITERATION`): it trains and kills itself at POINT during ITERATION.
@@ -59,6 +60,15 @@ def _trajectory_iterations(run_dir: Path) -> list[int]:
     return [json.loads(line)["iteration"] for line in lines]
 
 
+def _tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
+    """The steps at which TensorBoard shows `tag`, over every event file of the run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [scalar.step for scalar in events.Scalars(tag)]
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, tiny_model_dir):
     """An uninterrupted run: the weights and rewards every interrupted run must end with."""
@@ -75,6 +85,7 @@ def _assert_finished_like(run_dir: Path, trainer: RLTrainer, straight) -> None:
     assert [line["step"] for line in metrics] == list(range(1, ITERATIONS + 1))
     assert [line["reward/mean"] for line in metrics] == pytest.approx(rewards, abs=1e-6)
     assert _trajectory_iterations(run_dir) == [i for i in range(1, ITERATIONS + 1) for _ in range(2)]
+    assert _tensorboard_steps(run_dir, "reward/mean") == list(range(1, ITERATIONS + 1))
     assert torch.allclose(_weights(trainer.model), weights, atol=1e-6)
 
 
@@ -161,6 +172,8 @@ def test_agentrl_train_killed_then_resumed_logs_every_line_once(tmp_path, tiny_m
     assert [line["step"] for line in metrics if "reward/mean" in line] == [1, 2, 3]
     assert [line["step"] for line in metrics if "eval/succ@1" in line] == [2]
     assert _trajectory_iterations(run_dir) == [1, 2, 3]
+    assert _tensorboard_steps(run_dir, "reward/mean") == [1, 2, 3]
+    assert _tensorboard_steps(run_dir, "eval/succ@1") == [2]
 
 
 def test_only_a_complete_checkpoint_is_picked(tmp_path, tiny_model_dir):
