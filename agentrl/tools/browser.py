@@ -26,8 +26,8 @@ exception (which the env would count as an infrastructure failure), and within b
 - at most `max_bytes` on the wire and after decompression, bounded while decompressing
   (`agentrl.tools.content_decoding`), so a compression bomb costs `max_bytes`, not what it
   would inflate to;
-- trafilatura reads pages up to `max_extract_chars` characters and `max_links` links (its cost
-  grows faster than the page); larger pages, and pages where it finds no main content, are
+- trafilatura reads pages of up to `max_extract_tags` elements and `max_links` links (its cost
+  grows with them, faster for links); larger pages, and pages where it finds no main content, are
   read by the linear-time plain reader (`agentrl.tools.plain_html`), and only the first
   `max_links` links are numbered; a tag with more than `MAX_ATTRIBUTES` attributes loses them
   (the HTML parser's time is quadratic in them);
@@ -72,6 +72,7 @@ _MD_LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+)\)")
 # Control characters other than tab and line breaks: not text, and not for the model's context.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ANCHOR = re.compile(r"<a[\s>]", re.IGNORECASE)
+_OPENING_TAG = re.compile(r"<[a-zA-Z]")
 # An opening tag and its attributes, whose quoted values may hold anything, '<' and '>' too.
 # One character per repetition, and alternatives that start with different characters: no
 # backtracking blow-up on text that is not a tag.
@@ -101,19 +102,19 @@ class BrowserSession:
 
 
 def html_to_page(
-    html: str, url: str, max_lines: int = 2000, max_links: int = 1000, max_extract_chars: int = 250_000
+    html: str, url: str, max_lines: int = 2000, max_links: int = 1000, max_extract_tags: int = 8000
 ) -> Page:
     """Readable text of an HTML document, with links numbered in order of appearance.
 
-    trafilatura reads pages of at most `max_extract_chars` characters and `max_links` links;
+    trafilatura reads pages of at most `max_extract_tags` elements and `max_links` links;
     larger ones, and pages where it finds no main content (a page of links), go to the plain
     reader, whose cost stays linear. Only the first `max_links` links get a number; a link
     that does not parse as a URL keeps its text and gets none.
     """
     html = _TAG.sub(_without_excess_attributes, _CONTROL_CHARACTERS.sub("", html))
-    anchors = len(_ANCHOR.findall(html))
+    tags, anchors = len(_OPENING_TAG.findall(html)), len(_ANCHOR.findall(html))
     title, markdown = "", ""
-    if len(html) <= max_extract_chars and anchors <= max_links:
+    if tags <= max_extract_tags and anchors <= max_links:
         title, markdown = _trafilatura_markdown(html, url)
     if not markdown.strip():  # too large for trafilatura, or nothing it calls main content
         plain_title, markdown = plain_text(html)
@@ -204,7 +205,7 @@ class Browser:
         max_line_chars: int = 300,
         max_lines: int = 2000,
         max_links: int = 1000,
-        max_extract_chars: int = 250_000,
+        max_extract_tags: int = 8000,
         retry: RetryPolicy = RetryPolicy(attempts=3),
         proxy: str | None = None,
     ) -> None:
@@ -216,7 +217,7 @@ class Browser:
         self.max_line_chars = max_line_chars
         self.max_lines = max_lines
         self.max_links = max_links
-        self.max_extract_chars = max_extract_chars
+        self.max_extract_tags = max_extract_tags
         self.retry = retry
         self.proxy = proxy
         self.session = BrowserSession()
@@ -342,7 +343,7 @@ class Browser:
         """The readable page of a response body."""
         if content_type in ("text/html", "application/xhtml+xml"):
             html = decode_text(body, charset)
-            return html_to_page(html, url, self.max_lines, self.max_links, self.max_extract_chars)
+            return html_to_page(html, url, self.max_lines, self.max_links, self.max_extract_tags)
         if content_type.startswith("text/"):
             text = _CONTROL_CHARACTERS.sub("", decode_text(body, charset))
             lines = [line.rstrip() for line in text.splitlines() if line.strip()]

@@ -149,6 +149,8 @@ class _Hostile(BaseHTTPRequestHandler):
         elif path == "/many-links":  # 1.8 MB, 40k links: trafilatura alone takes tens of seconds
             links = "".join(f"<p><a href='/p/{i}'>link {i}</a> text</p>" for i in range(40_000))
             self._send(f"<html><head><title>Links</title></head><body><main>{links}</main></body></html>".encode())
+        elif path == "/many-elements":  # 600 kB, 150k elements: trafilatura takes ~150 µs each
+            self._send(b"<html><body>" + b"<p>a" * 150_000 + b"</body></html>")
         elif path == "/many-attributes":  # libxml2's time is quadratic in one tag's attributes
             attributes = " ".join(f"a{i}='<>'" for i in range(50_000))
             self._send(f"<html><body><p {attributes}>Lumeva is a city.</p></body></html>".encode())
@@ -413,6 +415,16 @@ def test_a_page_of_40k_links_is_read_in_bounded_time(hostile):
     assert "link 0 [1] text" in result.text
     page = browser.session.page
     assert page is not None and len(page.links) <= browser.max_links
+    browser.close()
+
+
+def test_a_page_of_150k_elements_is_read_in_bounded_time(hostile):
+    browser = _browser(hostile, timeout=60.0)
+    start = time.monotonic()
+    result = _open(browser, f"{hostile.url}/many-elements")
+    assert time.monotonic() - start < 15  # trafilatura alone took over 20 s on this page
+    assert result.status is ToolStatus.OK, result.text
+    assert "lines 1-20 of 2000" in result.text and result.text.endswith("L20: a")
     browser.close()
 
 
