@@ -134,7 +134,7 @@ def html_to_page(
 
 
 #: More attributes than any real tag has; libxml2 (under both readers) spends time quadratic in
-#: the attributes of one tag: 50,000 of them took 39 s.
+#: the attributes of one tag: 50,000 of them took 40-50 s.
 MAX_ATTRIBUTES = 64
 
 
