@@ -31,6 +31,7 @@ def _read_action(env: Any, input_fn: Callable[[str], str]) -> str:
 
 def play(
     env_id: str,
+    /,
     seed: int = 0,
     input_fn: Callable[[str], str] = input,
     print_fn: Callable[[str], None] = print,
@@ -38,7 +39,8 @@ def play(
 ) -> dict[str, Any]:
     """Play one episode of `env_id` interactively; returns {"return", "success", "turns"}.
 
-    `input_fn` and `print_fn` default to the terminal; tests pass their own.
+    `input_fn` and `print_fn` default to the terminal; tests pass their own. `env_kwargs` go to
+    the env's constructor (`env_id` is positional-only, so one of them may be named `env_id`).
     """
     env = make_env(env_id, **env_kwargs)
     total, success, turns = 0.0, False, 0

@@ -4,9 +4,10 @@
         client = RetrieverClient(server.url)
 
 Request `{"queries": [...], "topk": 3, "return_scores": true}`; response
-`{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}`; with
+`{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}`, one list per query; with
 `"return_scores": false` each item is the bare document `{"id", "contents"}`, as in Search-R1's
-own server. `agentrl serve-retriever` runs it from the command line.
+own server. A single `{"query": "..."}` (the form SkyRL's search env sends) is a batch of one
+and gets the same answer as `{"queries": ["..."]}`. `agentrl serve-retriever` runs it from the command line.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ MAX_TOPK = 100
 
 def retrieve_response(retriever: Retriever, request: dict[str, Any]) -> dict[str, Any]:
     """Answer one decoded `/retrieve` request (raises ValueError on a bad request)."""
-    queries = request.get("queries")
+    if "query" in request:  # the single-query form; the answer is a batch of one
+        if "queries" in request:
+            raise ValueError('give "queries" (a list) or "query" (one string), not both')
+        if not isinstance(request["query"], str):
+            raise ValueError('"query" must be a string (several go in "queries", a list)')
+        queries = [request["query"]]
+    else:
+        queries = request.get("queries")
     if isinstance(queries, str):
         queries = [queries]
     if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-        raise ValueError('"queries" must be a list of strings')
+        raise ValueError('"queries" must be a list of strings (or "query" one string)')
     if len(queries) > MAX_QUERIES:
         raise ValueError(f"at most {MAX_QUERIES} queries per request")
     topk = request.get("topk", 3)

@@ -18,10 +18,8 @@ from the newest checkpoint with the same task order and RNG state.
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,10 +27,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agentrl.config import Config, ConfigError, dump_config
 from agentrl.envs import make_env as make_registered_env
+from agentrl.envs.registry import import_env_module
 from agentrl.eval import evaluate
 from agentrl.generation import HFGenerator
 from agentrl.models import build_tiny_model, load_model, resolve_autocast
@@ -40,6 +38,8 @@ from agentrl.rollout import collect_demonstrations
 from agentrl.training.corpus import env_corpus, has_oracle
 from agentrl.training.heap import retain_freed_memory
 from agentrl.training.metrics import MetricsLogger
+from agentrl.training.progress import progress as _progress
+from agentrl.training.progress import status
 from agentrl.training.report import comparison_table, plot_reward_curve, write_results
 from agentrl.training.rl import RLTrainer
 from agentrl.training.sandbox_pool import check_sandbox_settings, recipe_sandbox_pool
@@ -61,9 +61,7 @@ def env_factory(config: Config, *, evaluation: bool = False, demonstrations: boo
     `pool` (the recipe's sandbox pool) is given to the env as its `pool` argument.
     """
     for module in config.env.imports:
-        if "" not in sys.path:
-            sys.path.insert(0, "")  # the working directory, as `python -m` would have it
-        importlib.import_module(module)
+        import_env_module(module)  # a module that cannot be imported is an UnknownEnvError
     env_id, kwargs = config.env.id, dict(config.env.kwargs)
     if evaluation:
         kwargs.update(config.eval.env_kwargs)
@@ -161,7 +159,7 @@ def _policy(config: Config, run_dir: Path, make_env: Callable[[], Any], console:
     init_dir = run_dir / "model_init"
     if not (init_dir / "config.json").is_file():
         tiny = config.model.tiny
-        with console.status("Building the tiny model (tokenizer trained on the env's text)"):
+        with status(console, "Building the tiny model (tokenizer trained on the env's text)"):
             texts = env_corpus(make_env, range(config.sft.seed_offset, config.sft.seed_offset + 2000))
             build_tiny_model(texts, init_dir, vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size,
                              num_layers=tiny.num_layers, num_heads=tiny.num_heads,
@@ -174,14 +172,14 @@ def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console, pool
     scfg = config.sft
     make_env = env_factory(config, demonstrations=True, pool=pool)
     seeds = range(scfg.seed_offset, scfg.seed_offset + scfg.demos)
-    with console.status(f"Writing {scfg.demos} oracle demonstrations"):
+    with status(console, f"Writing {scfg.demos} oracle demonstrations"):
         demos = collect_demonstrations(make_env, seeds, tokenizer,
                                        max_total_tokens=config.rollout.max_total_tokens,
                                        mistake_rate=scfg.mistake_rate, mistake_at=scfg.mistake_at,
                                        seed=config.run.seed)
     logger = MetricsLogger(run_dir, tensorboard=True)
     with _progress(console) as progress:
-        task = progress.add_task("SFT warm-up", total=None, stats="")
+        task = progress.add_task("SFT warm-up", total=None, stats="", line_every=10)
 
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
             progress.update(task, completed=step, total=total,
@@ -205,7 +203,7 @@ def _evaluate_once(config: Config, run_dir: Path, name: str, model, tokenizer, m
     generator = HFGenerator(model, tokenizer, max_batch_size=config.rollout.max_batch_size,
                             autocast=resolve_autocast(config.model.autocast, config.model.device))
     seeds = range(ecfg.seed_offset, ecfg.seed_offset + ecfg.tasks)
-    with console.status(f"Evaluating on {ecfg.tasks} held-out tasks ({name})"):
+    with status(console, f"Evaluating on {ecfg.tasks} held-out tasks ({name})"):
         started = time.perf_counter()
         metrics, trajectories = evaluate(
             generator, tokenizer, make_env, seeds, max_new_tokens=config.rollout.max_new_tokens,
@@ -220,8 +218,9 @@ def _evaluate_once(config: Config, run_dir: Path, name: str, model, tokenizer, m
 
 
 def _train_with_progress(trainer: RLTrainer, console: Console, make_eval_env=None) -> None:
-    """Train with a progress bar; every `train.eval_every` iterations, a held-out evaluation
-    (eval/iter_NNNN.json, and its metrics under eval/ in metrics.jsonl)."""
+    """Train with a progress display (a bar, or a line per iteration without a terminal); every
+    `train.eval_every` iterations, a held-out evaluation (eval/iter_NNNN.json, and its metrics
+    under eval/ in metrics.jsonl)."""
     config = trainer.config
     total, every = config.train.iterations, config.train.eval_every
     with _progress(console) as progress:
@@ -240,12 +239,6 @@ def _train_with_progress(trainer: RLTrainer, console: Console, make_eval_env=Non
 
         trainer.on_iteration = on_iteration
         trainer.train()
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[stats]}"), console=console,
-                    transient=False)
 
 
 def _prepare_process(config: Config) -> None:

@@ -1,9 +1,10 @@
-"""`play`: a scripted person plays SearchQA through the same input/print hooks as a terminal."""
+"""`play`: a scripted person plays envs (SearchQA, a user's own) through the same input/print hooks
+as a terminal."""
 
 from __future__ import annotations
 
 import agentrl.envs  # noqa: F401
-from agentrl.envs import make_env
+from agentrl.envs import TextEnv, make_env, make_info, register
 from agentrl.envs.play import play
 
 
@@ -29,3 +30,31 @@ def test_play_stops_on_quit_and_end_of_input():
 
     assert play("agentrl/SearchQA-v0", input_fn=lambda p: ":quit", print_fn=lambda s: None)["turns"] == 0
     assert play("agentrl/SearchQA-v0", input_fn=no_more_input, print_fn=lambda s: None)["turns"] == 0
+
+
+class _WrappedGame(TextEnv):
+    """A wrapper of another library's env, which names its game `env_id` (TextArena does)."""
+
+    def __init__(self, env_id: str = "Guess-v0", render_mode: str | None = None) -> None:
+        super().__init__(render_mode=render_mode)
+        self.game = env_id
+
+    def reset(self, *, seed: int | None = None, options=None):
+        super().reset(seed=seed)
+        return f"You play {self.game}. Say done.", make_info(anchor=self.game)
+
+    def step(self, action: str):
+        won = action.strip() == "done"
+        return "", float(won), True, False, make_info(anchor=self.game, success=won)
+
+
+def test_a_users_env_may_take_an_argument_named_env_id():
+    register("custom/WrappedGame-v0", f"{__name__}:_WrappedGame", "a game of another library",
+             env_id="Wordle-v0")
+    assert make_env("custom/WrappedGame-v0").game == "Wordle-v0"
+    assert make_env("custom/WrappedGame-v0", env_id="Sudoku-v0").game == "Sudoku-v0"
+    shown: list[str] = []
+    typed = iter(["done", ""])  # a turn ends at an empty line
+    summary = play("custom/WrappedGame-v0", input_fn=lambda prompt: next(typed), print_fn=shown.append,
+                   env_id="Chess-v0")
+    assert "You play Chess-v0. Say done." in "\n".join(shown) and summary["success"]

@@ -39,6 +39,7 @@ def _one_error_line(result) -> str:
         ("train.lrr=1", "train.lrr: unknown field"),
         ("rollout.group_size=many", "rollout.group_size: Input should be a valid integer"),
         ("env.id=agentrl/Nope-v0", "unknown env id 'agentrl/Nope-v0'"),
+        ("env.imports=[no_such_envs]", "cannot import 'no_such_envs'"),
     ],
 )
 def test_bad_recipe_exits_nonzero_with_one_line(tmp_path, override, named):

@@ -89,6 +89,22 @@ def test_retriever_server_and_client_match_local_index(index):
         client.close()
 
 
+def test_retriever_server_answers_a_single_query_as_skyrl_sends_it(index):
+    """SkyRL's search tool posts `{"query": "...", "topk": k, "return_scores": true}`: the answer
+    is a one-query batch, the same as for `{"queries": ["..."]}`."""
+    with RetrieverServer(index) as server:
+        single = httpx.post(server.url + "/retrieve", json={"query": "Zantrix", "topk": 2, "return_scores": True})
+        batch = httpx.post(server.url + "/retrieve", json={"queries": ["Zantrix"], "topk": 2, "return_scores": True})
+        assert single.status_code == 200, single.text
+        assert single.json() == batch.json()
+        assert single.json()["result"][0][0]["document"]["id"] == "d2"
+        for bad, named in (({"query": ["Zantrix"]}, '"query" must be a string'),
+                           ({"query": "Zantrix", "queries": ["Zantrix"]}, 'not both'),
+                           ({"topk": 2}, '"queries"')):
+            answer = httpx.post(server.url + "/retrieve", json=bad)
+            assert answer.status_code == 400 and named in answer.json()["error"], (bad, answer.text)
+
+
 class _FlakyHandler(BaseHTTPRequestHandler):
     failures_left = 2
 
