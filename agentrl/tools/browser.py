@@ -457,8 +457,12 @@ class OpenTool(_BrowserTool):
             status = ToolStatus.REFUSED if str(exc).startswith("Refused") else ToolStatus.ERROR
             return ToolResult(str(exc), status, {"url": target})
         except RetriesExhausted as exc:
+            # The model chose the site: one that stays down is part of the web it browses, an
+            # observation like a 404, not an infrastructure failure (which would take the
+            # trajectory out of training and let a policy dodge its reward by picking dead
+            # links). The retries still count in tools/infra_retries.
             return ToolResult(
-                f"Error: could not load {target} (network error).", ToolStatus.INFRA_ERROR,
+                f"Error: could not load {target} (network error).", ToolStatus.ERROR,
                 {"url": target, "error": str(exc.last)}, infra_retries=exc.retries,
             )
         browser.session.page = page

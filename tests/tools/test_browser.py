@@ -174,10 +174,13 @@ def test_timeouts_404_and_binary_content_are_results(browser, server):
     assert image.status is ToolStatus.REFUSED and "image/png, not a text page" in image.text
 
 
-def test_server_down_is_an_infra_error(browser):
+def test_a_site_that_stays_down_is_an_error_result_after_retries(browser):
+    """The model chose the site, so a dead one is an observation, not an infrastructure
+    failure (which would take the trajectory out of training)."""
     browser.policy = UrlPolicy(("127.0.0.1:1",))
     result = _run(browser.tools()[0], OpenArgs(target="http://127.0.0.1:1/"))
-    assert result.status is ToolStatus.INFRA_ERROR and result.infra_retries == 1
+    assert result.status is ToolStatus.ERROR and result.infra_retries == 1
+    assert result.text == "Error: could not load http://127.0.0.1:1/ (network error)."
 
 
 def test_fork_copies_the_session(browser, server):
