@@ -1,7 +1,7 @@
 """Checkpoints: model weights (Hugging Face format), optimizer, schedule, RNG and loop state.
 
 A checkpoint is a directory `checkpoints/iter_XXXXXX` holding the state *before* iteration
-XXXXXX runs. `--resume` loads the newest one; the loop then continues with the same task order
+XXXXXX runs. `--resume` loads the newest complete one; the loop then continues with the same task order
 and RNG state. A run killed at any moment (Ctrl-C, `kill -9`, the out-of-memory killer) resumes
 without losing or repeating anything:
 
@@ -55,10 +55,13 @@ def save_checkpoint(
                 "rng": _rng_state()}, tmp / "trainer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"iteration": iteration, **state}, indent=2))
     _write_manifest(tmp)
+    replaced = None
     if final.exists():  # the same iteration saved again: the new copy replaces it
-        _delete(final)
+        replaced = final.rename(final.with_name(_TRASH + final.name))
     tmp.rename(final)
     _sync(root)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep]:
         _delete(old)
     return final

@@ -158,17 +158,17 @@ class RLTrainer:
                 if self.iteration % tcfg.checkpoint_every == 0 or self.iteration == tcfg.iterations:
                     self.save()
         except KeyboardInterrupt:
-            # The state to resume from is the last completed iteration. Between iterations
-            # (an evaluation, a save) that is the state now. Within one, save it only if the
-            # weights are still those it started from and it is not on disk yet (a checkpoint
-            # taken at the time has the RNG state of the time); else the newest checkpoint on
-            # disk is where the run resumes.
-            if logs_before_iteration is None:
-                self.save()
-            elif not (self._updating or self.scheduler.last_epoch != steps_before_iteration
-                      or is_complete(checkpoint_dir(self.run_dir, self.iteration))):
-                self.next_task = self._iteration_first_task  # redo this iteration's tasks
-                self.save(logs=logs_before_iteration)  # and write its lines again, once
+            # Leave the last completed iteration on disk, unless it is there already (a
+            # checkpoint taken at the time also has the RNG state of the time). Between
+            # iterations (an evaluation, a save) that state is the state now; within one, only
+            # while the weights are those the iteration started from (else the newest
+            # checkpoint on disk is where the run resumes).
+            if not is_complete(checkpoint_dir(self.run_dir, self.iteration)):
+                if logs_before_iteration is None:
+                    self.save()
+                elif not (self._updating or self.scheduler.last_epoch != steps_before_iteration):
+                    self.next_task = self._iteration_first_task  # redo this iteration's tasks
+                    self.save(logs=logs_before_iteration)  # and log its lines again, once
             raise
         finally:
             self.engine.close()

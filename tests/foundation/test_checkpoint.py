@@ -183,6 +183,9 @@ def test_only_a_complete_checkpoint_is_picked(tmp_path, tiny_model_dir):
         trainer.save()
     first, second, third = (tmp_path / "run" / "checkpoints" / f"iter_00000{i}" for i in (1, 2, 3))
     assert not first.exists()  # keep_checkpoints=2
+    trainer.save()  # iteration 3 again: replaced, nothing else left
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [second.name, third.name]
+    assert latest_checkpoint(tmp_path / "run") == third
     (third / "model.safetensors").unlink()  # a directory left without its weights
     assert latest_checkpoint(tmp_path / "run") == second
     with (second / "trainer.pt").open("r+b") as f:  # or with a file cut short
