@@ -91,3 +91,33 @@ def test_fork_is_independent():
     # the original still has its own turn counter and can go on
     _, _, _, _, info = env.step("<answer>-2</answer>")
     assert info["turn"] == 2 and info["answers"] == ["-1", "-2"]
+
+
+def test_try_again_closes_every_copy_of_the_task_it_makes():
+    """Each turn answers a fork of the task; a fork may hold a sandbox, so each is closed."""
+    from agentrl.envs.arithmetic import Arithmetic
+    from agentrl.envs.wrappers import TryAgain
+
+    copies: list[Arithmetic] = []
+
+    class CountedCopies(Arithmetic):
+        closed = False
+
+        def fork(self):
+            twin = super().fork()
+            copies.append(twin)
+            return twin
+
+        def close(self):
+            self.closed = True
+            super().close()
+
+    env = TryAgain(CountedCopies(), max_turns=3)
+    for seed in range(2):
+        env.reset(seed=seed)
+        env.step("<answer>-1</answer>")
+        env.step("<answer>-2</answer>")
+        # Open: only the task's pristine copy, kept for the next turn.
+        assert len([c for c in copies if not c.closed]) == 1
+    env.close()
+    assert all(c.closed for c in copies) and len(copies) == 2 * 3
