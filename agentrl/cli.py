@@ -246,7 +246,8 @@ def env_check(
             forked.close()
         finally:
             env.close()
-        console.print(f"[green]ok[/green] {env_id} passes gymnasium's check_env and agentrl's checks")
+        console.print(f"[green]ok[/green] {env_id} passes gymnasium's check_env and agentrl's checks",
+                      soft_wrap=True)
 
     _user_errors(go)
 

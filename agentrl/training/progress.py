@@ -8,8 +8,8 @@ task prints one line per step worth reporting:
     Evaluating on 200 held-out tasks (before_rl)
     RL 1/40  reward -0.375  success 0.12  1432 tok/s  elapsed 0:00:21
 
-`progress(console)` and `status(console, text)` pick the display from `console.is_terminal`;
-both are used like rich's `Progress` and `Console.status`.
+`progress(console)` and `status(console, text)` pick the display from the console (a terminal
+or a notebook gets rich's); both are used like rich's `Progress` and `Console.status`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def progress(console: Console) -> Progress | LineProgress:
     Tasks take a `stats` field (shown after the count); on the line display a task prints a
     line every `line_every` steps (a field too; 1 by default) and at its last step.
     """
-    if not console.is_terminal:
+    if not _live(console):
         return LineProgress(console)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("{task.fields[stats]}"), console=console,
@@ -38,10 +38,15 @@ def progress(console: Console) -> Progress | LineProgress:
 
 def status(console: Console, text: str) -> ContextManager[Any]:
     """A spinner with `text` on a terminal; elsewhere `text` printed once as a line."""
-    if console.is_terminal:
+    if _live(console):
         return console.status(text)
     console.print(text, highlight=False, soft_wrap=True)
     return contextlib.nullcontext()
+
+
+def _live(console: Console) -> bool:
+    """Whether rich can redraw in place: a terminal, or a Jupyter notebook's output cell."""
+    return console.is_terminal or console.is_jupyter
 
 
 @dataclass

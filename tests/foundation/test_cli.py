@@ -161,3 +161,26 @@ def test_bench_lists_the_benchmarks_and_names_an_unknown_one():
     unknown = _run("bench", "nope")
     assert unknown.returncode == 2 and "unknown benchmark 'nope'; available:" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_training_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from agentrl.training.progress import progress, status
+
+    assert isinstance(progress(Console(file=StringIO(), force_terminal=True)), Progress)
+    log = StringIO()
+    console = Console(file=log, width=200)  # a file: not a terminal
+    with status(console, "Writing 25 oracle demonstrations"), progress(console) as shown:
+        task = shown.add_task("SFT warm-up", total=None, stats="", line_every=10)
+        for step in range(1, 26):
+            shown.update(task, completed=step, total=25, stats=f"loss {1 / step:.3f}")
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "Writing 25 oracle demonstrations"
+    assert [line.split("  ")[:2] for line in lines[1:]] == [  # every 10th step and the last one
+        ["SFT warm-up 10/25", "loss 0.100"], ["SFT warm-up 20/25", "loss 0.050"],
+        ["SFT warm-up 25/25", "loss 0.040"]]
+    assert all(re.search(r"  elapsed \d+:\d\d:\d\d$", line) for line in lines[1:]), lines
