@@ -88,11 +88,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def is_complete(path: Path) -> bool:
     """Whether a checkpoint directory holds every file its manifest lists, at the listed size."""
+    path = Path(path)
+    if not (path / MANIFEST).exists() and path.is_dir():
+        return _is_complete_without_manifest(path)
     try:
-        files = json.loads((Path(path) / MANIFEST).read_text())["files"]
-        return all((Path(path) / name).stat().st_size == size for name, size in files.items())
+        files = json.loads((path / MANIFEST).read_text())["files"]
+        return all((path / name).stat().st_size == size for name, size in files.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def _is_complete_without_manifest(path: Path) -> bool:
+    """Checkpoints written before manifests: complete when the files that make one are there
+    (a kill while deleting one removed some of them)."""
+    names = {p.name for p in path.iterdir()}
+    weights = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"}
+    return {"config.json", "trainer.pt", "trainer_state.json"} <= names and bool(weights & names)
 
 
 def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:

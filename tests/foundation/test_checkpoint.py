@@ -194,6 +194,17 @@ def test_only_a_complete_checkpoint_is_picked(tmp_path, tiny_model_dir):
     assert list_checkpoints(tmp_path / "run") == []
 
 
+def test_a_checkpoint_written_before_manifests_still_resumes(tmp_path, tiny_model_dir):
+    trainer = _trainer(tmp_path / "run", tiny_model_dir)
+    trainer.iteration = 1
+    old = trainer.save()
+    (old / "manifest.json").unlink()
+    assert latest_checkpoint(tmp_path / "run") == old
+    assert _trainer(tmp_path / "run", tiny_model_dir).resume()
+    (old / "model.safetensors").unlink()  # half deleted
+    assert latest_checkpoint(tmp_path / "run") is None
+
+
 # --- the killed run ----------------------------------------------------------------------------
 
 
