@@ -48,11 +48,18 @@ _write("\\n{marker} %d\\n" % _passed)
 
 
 def problem_task(problem: Problem) -> Task:
+    """The task of one problem. The oracle tries its solution on the example, which prints
+    `trial_output(problem)`, then submits it."""
     prompt = f"Write a Python function {problem.signature} that {problem.description}\nExample: {problem.example}"
     first_args = ", ".join(repr(a) for a in problem.tests[0][0])
     trial = f"{problem.solution}\nprint({problem.name}({first_args}))"
     return Task(prompt=prompt, answer=problem.name, id=problem.name, data={"problem": problem},
                 oracle=(("python", {"code": trial}), ("answer", {"answer": problem.solution})))
+
+
+def trial_output(problem: Problem) -> str:
+    """What the oracle's trial prints: the example's expected result (its solution passes it)."""
+    return str(problem.tests[0][1])
 
 
 def grade(code: str, problem: Problem, sandbox: Any, timeout: float = 10.0) -> tuple[int, int]:
@@ -72,7 +79,8 @@ class Code(ToolEnv):
     Args:
         problems: the problem set (default: the 28 built-in problems).
         sandbox_backend: "auto", "docker" or "bwrap" for the interpreter and the grader.
-        pool: an `agentrl.sandboxes.SandboxPool` to take sandboxes from instead.
+        pool: an `agentrl.sandboxes.SandboxPool` to take sandboxes from instead (a recipe's
+            `sandbox` section starts one for the run). An episode holds one sandbox at a time.
         call_format, max_turns, max_tool_calls, call_timeout, render_mode: see `ToolEnv`.
     """
 
@@ -104,9 +112,26 @@ class Code(ToolEnv):
             render_mode=render_mode,
         )
 
+    def oracle_transcript(self) -> list[tuple[str, str]]:
+        """The oracle episode as playing it would show it, without starting a sandbox (for the
+        tokenizer corpus: thousands of episodes, two sandboxes each if played)."""
+        if self.episode is None:
+            raise RuntimeError("oracle_transcript() called before reset()")
+        task = self.episode.task
+        (tool, trial), (_, answer) = task.oracle
+        return [
+            ("assistant", self.format.render_call(tool, trial, self.tools)),
+            (self.observation_role, self.format.render_results([trial_output(task.data["problem"])])),
+            ("assistant", self.format.render_answer(answer["answer"])),
+        ]
+
     def _reward(self, task: Task, episode: Episode) -> Score:
         if episode.answer is None:
             return Score(0.0, False)
+        # The episode is over: give its interpreter back before grading takes a sandbox, so an
+        # episode never holds two. Otherwise a pool of N sandboxes and N episodes grading at
+        # once wait for each other forever.
+        self.tools["python"].reset()
         passed, total = self._grade(strip_code_fence(episode.answer), task.data["problem"])
         return Score(passed / total, passed == total)
 
