@@ -201,14 +201,22 @@ def bench(
 
 
 @env_app.command("list")
-def env_list() -> None:
-    """The registered agentrl environments."""
-    from agentrl.envs import registered_envs
+def env_list(
+    imports: Optional[List[str]] = typer.Option(None, "--import", help="a module that registers envs of "
+                                                "your own (repeatable), e.g. --import mypackage.envs"),
+) -> None:
+    """The registered agentrl environments (and those your --import modules register)."""
 
-    table = Table("env id", "description")
-    for env_id, description in registered_envs().items():
-        table.add_row(env_id, description)
-    console.print(table)
+    def go() -> None:
+        from agentrl.envs import registered_envs
+
+        _import_env_modules(imports)
+        table = Table("env id", "description")
+        for env_id, description in registered_envs().items():
+            table.add_row(env_id, description)
+        console.print(table)
+
+    _user_errors(go)
 
 
 _IMPORT_HELP = ("a module that registers your env (repeatable), e.g. --import mypackage.envs; "

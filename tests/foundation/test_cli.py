@@ -79,6 +79,8 @@ def test_env_check_and_play_import_a_users_module():
                   cwd=REPOSITORY, stdin=":oracle\n:oracle\n:oracle\n")
     assert played.returncode == 0, played.stderr
     assert "Which is cheaper" in played.stdout and "[episode over: solved; return 1" in played.stdout
+    listed = _run("env", "list", "--import", "examples.custom_tool_env", cwd=REPOSITORY)
+    assert "custom/Cheaper-v0" in listed.stdout and "agentrl/SearchQA-v0" in listed.stdout, listed.stderr
 
     # Without the import the id is unknown, and the error says how to import the module.
     assert "--import MODULE" in _one_error_line(_run("env", "check", "custom/Cheaper-v0", cwd=REPOSITORY))
