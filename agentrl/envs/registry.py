@@ -59,7 +59,8 @@ def import_env_module(module: str) -> None:
                 "or install it, or fix the module name"
             ) from None
         raise UnknownEnvError(
-            f"cannot import {module!r}: it needs the module {exc.name!r}, which is not installed"
+            f"cannot import {module!r}: it needs the module {exc.name!r}, which is not installed; "
+            "install the package that provides it"
         ) from None
 
 

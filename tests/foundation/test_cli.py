@@ -68,7 +68,7 @@ def test_env_list_and_check():
     assert unknown.returncode == 2 and "unknown env id" in unknown.stderr
 
 
-def test_env_check_and_play_import_a_users_module():
+def test_env_check_and_play_import_a_users_module(tmp_path):
     """A user's env registers when its module is imported: `--import MODULE` or `MODULE:ID`."""
     # The repository's own example, run from the repository as a new user would.
     for args in (["--import", "examples.custom_tool_env", "custom/Cheaper-v0"],
@@ -87,6 +87,10 @@ def test_env_check_and_play_import_a_users_module():
     missing = _one_error_line(_run("env", "check", "--import", "no_such_envs", "custom/Cheaper-v0"))
     assert "cannot import 'no_such_envs'" in missing and "No module named 'no_such_envs'" in missing
     assert "cannot import 'no_such_envs'" in _one_error_line(_run("env", "play", "no_such_envs:x/Y-v0"))
+    # A module of the user's that needs a library which is not installed.
+    (tmp_path / "games.py").write_text("import no_such_game_library\n")
+    needs = _one_error_line(_run("env", "check", "games:x/Y-v0", cwd=tmp_path))
+    assert "cannot import 'games': it needs the module 'no_such_game_library'" in needs, needs
 
 
 def test_env_check_does_not_import_the_training_stack():
