@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from agentrl.models import build_tiny_model, load_model, resolve_autocast
 from agentrl.rollout import collect_demonstrations
 from agentrl.training.corpus import env_corpus, has_oracle
 from agentrl.training.heap import retain_freed_memory
-from agentrl.training.metrics import MetricsLogger
+from agentrl.training.metrics import MetricsLogger, rewind_logs
 from agentrl.training.progress import progress as _progress
 from agentrl.training.progress import status
 from agentrl.training.report import comparison_table, plot_reward_curve, write_results
@@ -127,9 +129,13 @@ def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
             console.print(f"[dim]SFT warm-up already done: loading {sft_dir}[/dim]")
             model, tokenizer = load_model(sft_dir, dtype=_DTYPES[config.model.dtype], device=config.model.device)
         else:
+            # Nothing but SFT logs before it ends: lines of an SFT run killed half-way go, so
+            # the SFT that runs again writes its lines once.
+            rewind_logs(run_dir, {})
             _sft(config, run_dir, model, tokenizer, console, pool)
-            model.save_pretrained(sft_dir)
-            tokenizer.save_pretrained(sft_dir)
+            with _written_whole(sft_dir) as partial:  # a kill never leaves half a model
+                model.save_pretrained(partial)
+                tokenizer.save_pretrained(partial)
 
     if evaluate_before:
         results["before RL"] = _evaluate_once(config, run_dir, "before_rl", model, tokenizer,
@@ -152,6 +158,19 @@ def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
 # --- stages ----------------------------------------------------------------------------------
 
 
+@contextmanager
+def _written_whole(directory: Path) -> Iterator[Path]:
+    """A temporary directory beside `directory` to write into, renamed into place only once
+    the block ends without error: a run killed while writing leaves no half-written model
+    where a resumed run would load it."""
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+
+
 def _policy(config: Config, run_dir: Path, make_env: Callable[[], Any], console: Console):
     dtype, device = _DTYPES[config.model.dtype], config.model.device
     if config.model.path != "tiny":
@@ -161,10 +180,11 @@ def _policy(config: Config, run_dir: Path, make_env: Callable[[], Any], console:
         tiny = config.model.tiny
         with status(console, "Building the tiny model (tokenizer trained on the env's text)"):
             texts = env_corpus(make_env, range(config.sft.seed_offset, config.sft.seed_offset + 2000))
-            build_tiny_model(texts, init_dir, vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size,
-                             num_layers=tiny.num_layers, num_heads=tiny.num_heads,
-                             num_kv_heads=tiny.num_kv_heads, intermediate_size=tiny.intermediate_size,
-                             seed=config.run.seed)
+            with _written_whole(init_dir) as partial:  # a kill never leaves half a model
+                build_tiny_model(texts, partial, vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size,
+                                 num_layers=tiny.num_layers, num_heads=tiny.num_heads,
+                                 num_kv_heads=tiny.num_kv_heads, intermediate_size=tiny.intermediate_size,
+                                 seed=config.run.seed)
     return load_model(init_dir, dtype=dtype, device=device)
 
 

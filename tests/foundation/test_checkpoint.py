@@ -261,3 +261,45 @@ def test_metrics_of_a_run_killed_mid_line_read_up_to_the_cut(tmp_path):
     """Until the run resumes (and cuts the half line away), its metrics still read."""
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n{"step": 2, "rew')
     assert read_metrics(tmp_path) == [{"step": 1, "reward/mean": 0.5}]
+
+
+# `agentrl train` killed right after the SFT warm-up logs its line of step 10 (SFT is not
+# checkpointed: it runs again from the start), then `agentrl train --resume`.
+KILLED_DURING_SFT = """
+import os, signal
+from agentrl.training.metrics import MetricsLogger
+
+log = MetricsLogger.log
+
+def log_then_die(self, step, metrics):
+    log(self, step, metrics)
+    if step == 10 and "sft/loss" in metrics:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+MetricsLogger.log = log_then_die
+from agentrl.cli import app
+app()
+"""
+
+
+def test_agentrl_train_killed_during_sft_logs_every_sft_line_once(tmp_path, tiny_model_dir):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run: {name: killed_sft}\n")
+    arguments = ["train", str(recipe), f"run.out_dir={tmp_path}", f"model.path={tiny_model_dir}",
+                 "sft.demos=48", "sft.batch_size=4", "sft.epochs=1", "eval.tasks=2",
+                 "rollout.tasks_per_iteration=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
+                 "train.iterations=1", "train.log_trajectories=1"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_DURING_SFT, *arguments],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = tmp_path / "killed_sft"
+    assert [line["step"] for line in read_metrics(run_dir)] == [10]
+    resumed = subprocess.run([sys.executable, "-m", "agentrl.cli", *arguments, "--resume"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    assert [line["step"] for line in metrics if "sft/loss" in line] == [10, 12]
+    assert [line["step"] for line in metrics if "reward/mean" in line] == [1]
+    assert _tensorboard_steps(run_dir, "sft/loss") == [10, 12]
+    assert (run_dir / "sft_model" / "config.json").is_file()
+    assert not (run_dir / "sft_model.partial").exists()
