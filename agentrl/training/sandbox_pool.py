@@ -54,7 +54,7 @@ def check_sandbox_settings(config: Config) -> None:
     if episodes > size:
         raise ConfigError(f"sandbox.pool_size={size} is smaller than the {episodes} episodes that run "
                           f"at once ({stage}), each holding a sandbox; raise sandbox.pool_size to "
-                          f"{episodes} or lower {stage.split(' x ')[0]}")
+                          f"{episodes} or lower {stage}")
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ sandbox at a time from a warm pool, and recipes/code_grpo.yaml up to its first R
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -104,3 +105,19 @@ def test_the_code_recipe_reaches_its_first_rl_iteration(tmp_path, sandbox_backen
     assert set(results) == {"before RL", "after RL"}
     # Every python call and every grading found a sandbox in the pool.
     assert rl[0]["rollout/infra_errors"] == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sandbox.pool_size=16", "sandbox.pool_size=16 is smaller than the 32 episodes that run at once "
+                             "(rollout.tasks_per_iteration x rollout.group_size)"),
+    ("env.id=agentrl/SearchQA-v0", "the env agentrl/SearchQA-v0 takes no sandbox pool"),
+])
+def test_a_pool_that_cannot_serve_the_recipe_is_one_config_error(tmp_path, override, message):
+    from agentrl.config import ConfigError, load_config
+    from agentrl.training.run import run_training
+
+    config = load_config(REPOSITORY / "recipes" / "code_grpo.yaml",
+                         [f"run.out_dir={tmp_path}/runs", "env.kwargs={}", override])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_training(config)
+    assert not (tmp_path / "runs").exists()  # found before a sandbox started or a file was written
