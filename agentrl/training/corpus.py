@@ -61,6 +61,7 @@ def env_corpus(make_env: Callable[[], Any], seeds: Iterable[int], *, max_turns: 
 
 
 def episode_text(env: Any, seed: int, *, max_turns: int = 8) -> str:
+    """The ChatML text of one episode of `env` from `reset(seed=seed)` (the env is left open)."""
     observation, _ = env.reset(seed=seed)
     parts = [chatml("system", _system_text(env))] if env.system_prompt or env.tool_specs else []
     parts.append(chatml("user", observation))
