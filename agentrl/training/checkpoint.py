@@ -20,7 +20,6 @@ without losing or repeating anything:
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from agentrl.training.durable import fsync_path
 
 _PREFIX = "iter_"
 _TEMPORARY = ".tmp-"  # a checkpoint being written
@@ -59,7 +60,7 @@ def save_checkpoint(
     if final.exists():  # the same iteration saved again: the new copy replaces it
         replaced = final.rename(final.with_name(_TRASH + final.name))
     tmp.rename(final)
-    _sync(root)
+    fsync_path(root)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -122,12 +123,12 @@ def _write_manifest(directory: Path) -> None:
     """Flush every file of `directory` to disk, then write the manifest listing them (last)."""
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        _sync(path)
+        fsync_path(path)
         files[path.relative_to(directory).as_posix()] = path.stat().st_size
     manifest = directory / MANIFEST
     manifest.write_text(json.dumps({"files": files}, indent=1))
-    _sync(manifest)
-    _sync(directory)
+    fsync_path(manifest)
+    fsync_path(directory)
 
 
 def _delete(checkpoint: Path) -> None:
@@ -144,15 +145,6 @@ def _remove_leftovers(root: Path) -> None:
     for path in root.iterdir():
         if path.name.startswith((_TEMPORARY, _TRASH)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _sync(path: Path) -> None:
-    """fsync a file or a directory (a directory's entries: a rename in it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _rng_state() -> dict[str, Any]:

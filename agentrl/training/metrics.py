@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from agentrl.training.durable import fsync_path
+
 #: The run directory's JSON-lines logs.
 JSON_LOGS = ("metrics.jsonl", "trajectories.jsonl")
 TENSORBOARD_DIR = "tensorboard"
@@ -70,7 +72,7 @@ def log_lengths(run_dir: Path) -> dict[str, int]:
     lengths = {}
     for path in paths:
         if path.is_file():
-            _sync(path)
+            fsync_path(path)
             lengths[path.relative_to(run_dir).as_posix()] = path.stat().st_size
     return lengths
 
@@ -90,14 +92,6 @@ def rewind_logs(run_dir: Path, lengths: Mapping[str, int]) -> None:
             path.unlink()
         elif path.stat().st_size > lengths[name]:
             os.truncate(path, lengths[name])
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

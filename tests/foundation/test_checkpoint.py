@@ -135,7 +135,10 @@ def test_ctrl_c_after_the_lines_of_an_iteration_writes_them_once(tmp_path, tiny_
 
 # `agentrl train` killed right after the held-out evaluation of iteration 2 is logged (before
 # any checkpoint after the starting point), then `agentrl train --resume`.
-KILLED_AFTER_THE_EVALUATION = """
+def _cli_killed_when(condition: str) -> str:
+    """A script that runs `agentrl` and SIGKILLs itself right after logging a line for which
+    `condition` (a Python expression of `step` and `metrics`) holds."""
+    return f"""
 import os, signal
 from agentrl.training.metrics import MetricsLogger
 
@@ -143,13 +146,16 @@ log = MetricsLogger.log
 
 def log_then_die(self, step, metrics):
     log(self, step, metrics)
-    if step == 2 and any(key.startswith("eval/") for key in metrics):
+    if {condition}:
         os.kill(os.getpid(), signal.SIGKILL)
 
 MetricsLogger.log = log_then_die
 from agentrl.cli import app
 app()
 """
+
+
+KILLED_AFTER_THE_EVALUATION = _cli_killed_when('step == 2 and any(key.startswith("eval/") for key in metrics)')
 
 
 def test_agentrl_train_killed_then_resumed_logs_every_line_once(tmp_path, tiny_model_dir):
@@ -265,21 +271,7 @@ def test_metrics_of_a_run_killed_mid_line_read_up_to_the_cut(tmp_path):
 
 # `agentrl train` killed right after the SFT warm-up logs its line of step 10 (SFT is not
 # checkpointed: it runs again from the start), then `agentrl train --resume`.
-KILLED_DURING_SFT = """
-import os, signal
-from agentrl.training.metrics import MetricsLogger
-
-log = MetricsLogger.log
-
-def log_then_die(self, step, metrics):
-    log(self, step, metrics)
-    if step == 10 and "sft/loss" in metrics:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-MetricsLogger.log = log_then_die
-from agentrl.cli import app
-app()
-"""
+KILLED_DURING_SFT = _cli_killed_when('step == 10 and "sft/loss" in metrics')
 
 
 def test_agentrl_train_killed_during_sft_logs_every_sft_line_once(tmp_path, tiny_model_dir):
