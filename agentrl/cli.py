@@ -44,10 +44,10 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 # imported cannot have raised its error, so recognising one never imports the training stack
 # (seconds of torch and transformers for a command such as `agentrl env check`).
 _USER_ERRORS = {
-    "agentrl.config": "ConfigError",
-    "agentrl.envs.registry": "UnknownEnvError",
-    "agentrl.training.run": "RunDirectoryExists",
-    "agentrl.rollout.chat": "TemplateNotAppendSafe",
+    "agentrl.config": ("ConfigError",),
+    "agentrl.envs.registry": ("UnknownEnvError",),
+    "agentrl.training.run": ("RunDirectoryExists",),
+    "agentrl.rollout.chat": ("TemplateNotAppendSafe", "ChatTemplateMissing"),
 }
 
 
@@ -55,7 +55,7 @@ def _is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, FileNotFoundError):
         return True
     return any(isinstance(exc, getattr(sys.modules[module], name))
-               for module, name in _USER_ERRORS.items() if module in sys.modules)
+               for module, names in _USER_ERRORS.items() if module in sys.modules for name in names)
 
 
 def _user_errors(fn: Callable[[], Any]) -> Any:

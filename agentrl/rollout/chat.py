@@ -34,12 +34,16 @@ class TemplateNotAppendSafe(RuntimeError):
     """The chat template renders earlier turns differently once later turns exist."""
 
 
+class ChatTemplateMissing(ValueError):
+    """The tokenizer has no chat template to render conversations with."""
+
+
 class ChatTemplater:
     """Renders conversations to token ids with a Hugging Face tokenizer's chat template."""
 
     def __init__(self, tokenizer: Any, tool_specs: Sequence[dict[str, Any]] = ()) -> None:
         if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(
+            raise ChatTemplateMissing(
                 "the tokenizer has no chat template; set tokenizer.chat_template (agentrl's "
                 "tiny model uses ChatML) or use an instruction-tuned checkpoint"
             )

@@ -5,6 +5,7 @@ any Search-R1-compatible trainer or agentrl's `RetrieverClient` can use it:
 
     agentrl serve-retriever --corpus corpus.jsonl --index runs/index/mycorpus --port 8000
     curl -s localhost:8000/retrieve -d '{"queries": ["who founded Zantrix"], "topk": 3}'
+    curl -s localhost:8000/retrieve -d '{"query": "who founded Zantrix"}'   # one query (SkyRL's form)
 """
 
 from __future__ import annotations

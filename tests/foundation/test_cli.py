@@ -125,6 +125,19 @@ def test_a_template_that_is_not_append_safe_is_one_line(tmp_path, tiny_model_dir
     assert "rollout.check_template=false" in line, line  # and the fix
 
 
+def test_a_checkpoint_without_a_chat_template_is_one_line(tmp_path, tiny_model_dir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").unlink()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run: {name: no_template}\n")
+    result = _run("train", str(recipe), f"run.out_dir={tmp_path}", f"model.path={model}", "sft.demos=0",
+                  "eval.tasks=1", "rollout.tasks_per_iteration=1", "rollout.group_size=2",
+                  "rollout.max_new_tokens=4", "train.iterations=1")
+    line = _one_error_line(result)
+    assert "the tokenizer has no chat template" in line and "instruction-tuned checkpoint" in line, line
+
+
 def test_view_summarises_a_run_directory(tmp_path, tiny_model_dir):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("run: {name: small}\n")
