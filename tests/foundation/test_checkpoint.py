@@ -61,12 +61,14 @@ def _trajectory_iterations(run_dir: Path) -> list[int]:
 
 
 def _tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
-    """The steps at which TensorBoard shows `tag`, over every event file of the run."""
+    """The steps at which TensorBoard shows `tag`, over every event file of the run, sorted
+    (a duplicate still shows). The reader takes event files in name order, and two files begun
+    in the same second are ordered by the writer's pid, not by time."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    return [scalar.step for scalar in events.Scalars(tag)]
+    return sorted(scalar.step for scalar in events.Scalars(tag))
 
 
 @pytest.fixture(scope="module")
