@@ -37,7 +37,7 @@ class RunConfig(_Section):
 
 
 class TinyModelConfig(_Section):
-    """Size of the locally built Qwen2-architecture model (DESIGN.md 3.8)."""
+    """Size of the locally built Qwen2-architecture model (`agentrl.models.tiny`; README, "Train")."""
 
     vocab_size: int = Field(512, ge=300)
     hidden_size: int = Field(256, ge=16)

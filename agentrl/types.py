@@ -2,7 +2,7 @@
 
 Nothing here imports anything else of agentrl, so every room may import this module.
 
-Data flow (see DESIGN.md section 2): a Generator returns `Completion`s; the rollout engine turns
+Data flow (one training iteration): a Generator returns `Completion`s; the rollout engine turns
 completions and env observations into `Trajectory`s made of `Step`s; trajectories of one task
 form a `Group`; algorithms read rewards, group ids and anchors from them; the trainer reads
 token ids, loss masks and behaviour log-probs.

@@ -28,15 +28,9 @@ from agentrl.algorithms import (
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "algorithms.md"
 
 
-def test_the_page_exists_and_nothing_points_elsewhere() -> None:
-    text = PAGE.read_text()
-    assert "ALGORITHMS.md" not in text
-    root = PAGE.parents[1]
-    for folder in ("agentrl", "tests", "docs"):
-        for path in root.joinpath(folder).rglob("*"):
-            if path.suffix in (".py", ".md") and path.is_file() and path != Path(__file__).resolve():
-                assert "ALGORITHMS.md" not in path.read_text(), path
-    assert "ALGORITHMS.md" not in root.joinpath("README.md").read_text()
+def test_the_page_exists() -> None:
+    # That nothing points to design notes outside the repository instead: tests/test_docs.py.
+    assert PAGE.is_file() and PAGE.read_text().startswith("#")
 
 
 @pytest.mark.parametrize(

@@ -138,3 +138,15 @@ def test_documented_metric_names_are_logged_by_the_code(name: str) -> None:
     assert len(names) > 30
     missing = [n for n in names if f'"{n}"' not in source and f"'{n}'" not in source]
     assert not missing, missing
+
+
+def test_nothing_points_to_files_users_do_not_have() -> None:
+    """Code, tests and docs point to this repository's own pages, never to design notes that
+    live outside it."""
+    outside = ("DESIGN" + ".md", "SANDBOX_CHECKLIST" + ".md", "ALGORITHMS" + ".md", "../" + "shared")
+    paths = [ROOT / "README.md"] + [p for folder in ("agentrl", "tests", "docs", "benchmarks", "recipes")
+                                    for p in (ROOT / folder).rglob("*")
+                                    if p.is_file() and p.suffix in (".py", ".md", ".yaml")]
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        assert not [name for name in outside if name in text], path

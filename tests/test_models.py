@@ -152,7 +152,7 @@ def test_build_is_seeded(tmp_path):
 
 
 def test_default_size_is_about_three_million_parameters():
-    # DESIGN.md budgets the demo from a ~3.2M-parameter model; keep the defaults near it.
+    # The demo is budgeted for a ~3.2M-parameter model; keep the defaults near it.
     defaults = {k: v.default for k, v in inspect.signature(build_tiny_model).parameters.items()}
     config = Qwen2Config(
         vocab_size=defaults["vocab_size"],

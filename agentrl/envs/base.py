@@ -16,7 +16,7 @@ the engine:
   sees one action at a time.
 - `observation_role`: the chat role of observations ("user", or "tool" for tool results).
 
-`info` keys with a fixed meaning (DESIGN.md section 3.1):
+`info` keys with a fixed meaning (docs/custom_env.md lists them with what reads each one):
 
 - `anchor`: a hashable key of the raw env state the agent is about to act on (GiGPO groups
   steps by it); returned by both `reset` and `step`.

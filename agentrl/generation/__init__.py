@@ -1,4 +1,4 @@
-"""How tokens are sampled: the Generator protocol and its backends (DESIGN.md 3.4)."""
+"""How tokens are sampled: the Generator protocol and its backends (docs/generation.md)."""
 
 from agentrl.generation.base import Generator
 from agentrl.generation.hf import HFGenerator

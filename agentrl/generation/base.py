@@ -1,6 +1,6 @@
 """The Generator protocol: how every sampling backend looks to the rest of agentrl.
 
-Token ids in, token ids out, always (DESIGN.md 3.4). The rollout engine renders prompts with the
+Token ids in, token ids out, always (docs/generation.md). The rollout engine renders prompts with the
 chat template itself and appends the exact sampled ids to the trajectory, so a backend never
 re-tokenizes text, and the trainer learns from the very ids that were sampled.
 """

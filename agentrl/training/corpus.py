@@ -1,4 +1,4 @@
-"""Text of an env's own episodes, to train the tiny model's tokenizer on (DESIGN.md 3.8).
+"""Text of an env's own episodes, to train the tiny model's tokenizer on (`agentrl.models.tiny`).
 
 One ChatML text per seed: the system prompt (with the tool specs when the chat template shows
 them), the reset observation and the env's feedback to a malformed action, then the rest of an

@@ -1,6 +1,6 @@
 """A whole training run from one recipe: model, SFT warm-up, evaluation, RL, report.
 
-Run directory (DESIGN.md 3.7), `<run.out_dir>/<run.name>/`:
+Run directory (README, "Read the results"), `<run.out_dir>/<run.name>/`:
 
     config.yaml          the resolved recipe
     model_init/          the tiny model as built (when model.path is "tiny")

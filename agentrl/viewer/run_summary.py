@@ -1,6 +1,6 @@
 """`agentrl view RUN_DIR`: what a run did, read back from its run directory.
 
-Shows, from the files every run writes (DESIGN.md 3.7): the recipe's key settings, the
+Shows, from the files every run writes (README, "Read the results"): the recipe's key settings, the
 before/after evaluation table (`results.json`), the held-out evaluations run during training
 (`train.eval_every`), a few rows of the training curves
 (`metrics.jsonl`, evenly spaced over the iterations) and sampled trajectories of one

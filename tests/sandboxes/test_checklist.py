@@ -1,4 +1,4 @@
-"""Every row of SANDBOX_CHECKLIST.md, against both backends.
+"""Every row of the sandbox checklist (docs/sandboxes.md), against both backends.
 
 Each test runs real hostile code in a real sandbox; the `make_sandbox` fixture then checks that
 no process, container, temp entry, mount or file descriptor was left behind.
