@@ -429,10 +429,14 @@ def _invert_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     cumulative value equals its predecessor's, which the search skips."""
     cdf = probs.double().cumsum(dim=-1)
     targets = (uniforms.to(cdf.device) * cdf[:, -1])[:, None]
-    index = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
-    # u * total can round up to total itself: fall back to the last token with mass.
-    last_with_mass = (probs > 0).long().cumsum(dim=-1).argmax(dim=-1)
-    return torch.minimum(index, last_with_mass)
+    index = torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    # u * total can round up to total itself (about once in 2**53 draws): such a row falls back
+    # to its last token with mass. Checked per row, so the common case costs one gather.
+    empty = probs.gather(-1, index[:, None]).squeeze(-1) == 0
+    if bool(empty.any()):
+        last_with_mass = (probs[empty] > 0).long().cumsum(dim=-1).argmax(dim=-1)
+        index[empty] = last_with_mass
+    return index
 
 
 def _check_params(prompts: list[list[int]], params: SamplingParams, *, vocab_size: int) -> None:

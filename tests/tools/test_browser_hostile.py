@@ -115,37 +115,15 @@ class _Hostile(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.end_headers()
-            try:
-                for _ in range(120):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.25)
-            except OSError:
-                pass  # the browser hung up
-            self.close_connection = True
+            self._drip(120)
         elif path == "/drip-headers":  # the response's headers, one byte at a time
-            try:
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                for _ in range(120):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.25)
-            except OSError:
-                pass
-            self.close_connection = True
+            self._drip(120, first=b"HTTP/1.1 200 OK\r\nX-Slow: ")
         elif path == "/drip-then-drop":  # a promised body cut off after 1.5 s: a retried network error
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", "1000")
             self.end_headers()
-            try:
-                for _ in range(6):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.25)
-            except OSError:
-                pass
-            self.close_connection = True
+            self._drip(6)
         elif path == "/many-links":  # 1.8 MB, 40k links: trafilatura alone takes tens of seconds
             links = "".join(f"<p><a href='/p/{i}'>link {i}</a> text</p>" for i in range(40_000))
             self._send(f"<html><head><title>Links</title></head><body><main>{links}</main></body></html>".encode())
@@ -156,6 +134,18 @@ class _Hostile(BaseHTTPRequestHandler):
             self._send(f"<html><body><p {attributes}>Lumeva is a city.</p></body></html>".encode())
         else:
             self._send(b"not found", status=404)
+
+    def _drip(self, count: int, first: bytes = b"") -> None:
+        """Write `first`, then one byte every 0.25 s, `count` times; then hang up."""
+        try:
+            self.wfile.write(first)
+            for _ in range(count):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.25)
+        except OSError:
+            pass  # the browser hung up
+        self.close_connection = True
 
     def _send(self, body: bytes, content_type: str = "text/html; charset=utf-8", status: int = 200,
               headers: dict[str, str] | None = None) -> None:
