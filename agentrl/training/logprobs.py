@@ -6,11 +6,16 @@ trajectory's `logprobs` and `loss_mask`; position 0 has no context and holds 0.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from agentrl.algorithms import entropy_from_logits
-from agentrl.training.shared_prefix import PrefixPlan, shared_prefix_logits
+from agentrl.training.shared_prefix import PrefixPlan, shared_prefix_logits, supports_shared_prefix
+
+logger = logging.getLogger(__name__)
+_warned_models: set[type] = set()
 
 
 def token_logprobs(
@@ -29,9 +34,19 @@ def token_logprobs(
     log-probs are taken at temperature 1), otherwise importance ratios are biased.
     The entropy carries gradients only with `entropy_grad=True` (an entropy bonus); as a mere
     metric it is computed without autograd, which keeps its softmax out of the graph.
-    With a `prefix_plan` (`plan_shared_prefixes`), the rows' shared prefixes are forwarded once
-    per family (`shared_prefix_logits`); the result is the same up to rounding.
+    With a `prefix_plan` (`plan_shared_prefixes`), every token the rows share is forwarded once
+    (`shared_prefix_logits`); the result is the same up to rounding. A model that cannot run
+    the shared forward (`supports_shared_prefix`) gets a plain forward instead, with a warning
+    the first time.
     """
+    if prefix_plan is not None and not supports_shared_prefix(model):
+        if type(model) not in _warned_models:
+            _warned_models.add(type(model))
+            logger.warning("%s cannot run the shared-prefix forward (it needs a Hugging Face causal LM taking "
+                           "a DynamicCache and position_ids, without sliding-window attention); its update "
+                           "forwards every sequence whole. Set train.shared_prefix=false to silence this.",
+                           type(model).__name__)
+        prefix_plan = None
     if prefix_plan is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     else:

@@ -1,5 +1,6 @@
 """The shared-prefix update: a group's common prompt forwarded once gives the same log-probs,
-entropy and gradients as forwarding every sequence whole."""
+entropy and gradients as forwarding every sequence whole (tries of branched sequences:
+test_prefix_trie.py)."""
 
 from __future__ import annotations
 
@@ -31,18 +32,19 @@ def _arithmetic():
 def test_plan_finds_each_groups_common_prefix():
     ids = [[1, 2, 3, 4, 5], [1, 2, 3, 9], [7, 8, 9], [1, 2, 3, 4, 5, 6]]
     plan = plan_shared_prefixes(ids, ["a", "a", "b", "a"])
-    assert plan.family == [0, 0, 1, 0]
-    assert plan.rows == [0, 2]
-    # "a" shares [1, 2, 3]; a lone row keeps all but its last token in the prefix pass
-    assert plan.prefix_lengths == [3, 2]
-    assert plan.saved_tokens == 2 * 3
+    roots = [node for node in plan.nodes if node.depth == 0]
+    assert [(node.start, node.length) for node in roots] == [(0, 3), (0, 3)]  # "a" shares [1, 2, 3]
+    assert [plan.nodes[path[0]] for path in plan.paths] == [roots[0], roots[0], roots[1], roots[0]]
+    # [1, 2, 3, 4, 5] is shared too, by rows 0 and 3; row 0 ends there, row 3 goes on with [6]
+    assert plan.paths[0] == plan.paths[3][:-1]
+    assert plan.forwarded_tokens == 3 + 1 + 2 + 1 + 3 and plan.saved_tokens == 18 - 10
 
 
-def test_plan_leaves_every_row_a_suffix_and_splits_a_group_that_shares_nothing():
+def test_plan_shares_identical_rows_whole_and_splits_a_group_that_shares_nothing():
     same = plan_shared_prefixes([[1, 2, 3], [1, 2, 3], [1, 2, 3, 4]], [0, 0, 0])
-    assert same.prefix_lengths == [2]  # identical rows: the last token stays in each suffix
+    assert same.forwarded_tokens == 4  # identical rows read the same logits: nothing of their own
     split = plan_shared_prefixes([[1, 2, 3], [5, 2, 3], [6, 6]], [0, 0, 1], min_saved_tokens=0)
-    assert split.family == [0, 1, 2] and split.prefix_lengths == [2, 2, 1]
+    assert [node.length for node in split.nodes] == [3, 3, 2] and split.saved_tokens == 0
     assert plan_shared_prefixes([[1, 2, 3], [5, 2, 3]], [0, 0]) is None  # nothing to save
     with pytest.raises(ValueError, match="at least 2"):
         plan_shared_prefixes([[1]], [0])
@@ -73,9 +75,9 @@ def test_shared_prefix_logprobs_entropy_and_gradients_equal_a_whole_forward(poli
     assert any(t.num_turns > 1 for t in trajectories)
     batch = collate(trajectories, None, tokenizer.pad_token_id)
     plan = plan_shared_prefixes([t.token_ids for t in trajectories], [t.group_id for t in trajectories])
-    assert plan is not None and len(plan.rows) == len(groups)
+    assert plan is not None and sum(node.depth == 0 for node in plan.nodes) == len(groups)
     if scripted:  # the shared prefix runs into the actions, which are trained on
-        prefix = plan.prefix_lengths[0]
+        prefix = plan.nodes[0].length
         assert batch.loss_mask[0, :prefix].sum() > 0
     mask = batch.attention_mask.bool()
     results = []
