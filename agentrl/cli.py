@@ -6,6 +6,7 @@
     agentrl demo [--task search|arithmetic] [overrides]   an embedded demo (tiny model, SFT, GRPO, report)
     agentrl bench [NAME ...]                list the benchmarks or run them
     agentrl view RUN_DIR                    settings, results, curves and trajectories of a run
+    agentrl view RUN_DIR --tree [--iteration N] [--group G]   one group's rollouts as a tree
     agentrl env list | check ENV_ID | play ENV_ID   (--import MODULE, or MODULE:ID, for your own env)
     agentrl sandbox build | doctor
     agentrl serve-retriever ...
@@ -141,13 +142,27 @@ def view(
     run_dir: Path = typer.Argument(..., help="a run directory, e.g. runs/demo"),
     trajectories: int = typer.Option(2, help="sampled trajectories to show (0 = none)"),
     iteration: Optional[int] = typer.Option(None, help="whose trajectories (default: the last logged)"),
+    tree: bool = typer.Option(False, "--tree", help="draw one group's rollouts as a tree of turns "
+                              "(shared turns once) instead of the summary"),
+    group: Optional[int] = typer.Option(None, help="with --tree: which group (default: the first logged)"),
 ) -> None:
-    """Summarise a run directory: settings, before/after table, training curves, trajectories."""
-    from agentrl.viewer import view_run
+    """Summarise a run directory: settings, before/after table, training curves, trajectories.
+
+    With --tree: one group's trajectories as the tree they branched into (Tree-GRPO).
+    """
 
     def go() -> None:
+        if group is not None and not tree:
+            _fail("--group picks the group that --tree draws; add --tree")
         try:
-            view_run(run_dir, console, trajectories=trajectories, iteration=iteration)
+            if tree:
+                from agentrl.viewer import view_tree
+
+                view_tree(run_dir, console, iteration=iteration, group=group)
+            else:
+                from agentrl.viewer import view_run
+
+                view_run(run_dir, console, trajectories=trajectories, iteration=iteration)
         except ValueError as exc:
             _fail(str(exc))
 
