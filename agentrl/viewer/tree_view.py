@@ -6,7 +6,7 @@ branch copies an episode up to turn k and samples on from there. Each logged ste
 group in `trajectories.jsonl` describe a forest: nodes with the same id in the same group are the
 same turn (same tokens) and are drawn once, with the number of trajectories (leaves) below them.
 
-    iteration 3, group 0: What is 17 + 25? (4 trajectories, 2 trees)
+    iteration 3, group 0: What is 17 + 25?  (4 trajectories, 2 trees)
     ├── tree 0 · 2 leaves · mean reward +0.500
     │   └── node 0 · 2 leaves  <python>print(17 + 25)</python>  → 42
     │       ├── node 1  <answer>42</answer>  → Correct.
