@@ -9,10 +9,10 @@ are errors that name the field, e.g. `train.lrr: unknown field (allowed: lr, ...
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -71,9 +71,48 @@ class EnvConfig(_Section):
     train_seed_offset: int = 0
 
 
+class ChainStrategyConfig(_Section):
+    """`chain`: G = rollout.group_size independent rollouts per task (GRPO and its family)."""
+
+    name: Literal["chain"] = "chain"
+
+
+class TreeStrategyConfig(_Section):
+    """`tree` (Tree-GRPO): per task M trees, each one chain grown by L expansion rounds of N
+    branches from random nodes; K of each tree's 1 + L*N leaves are trained on."""
+
+    name: Literal["tree"] = "tree"
+    m: int = Field(2, ge=1, description="trees per task")
+    n: int = Field(2, ge=1, description="nodes expanded per tree and round")
+    l: int = Field(1, ge=0, description="expansion rounds")  # noqa: E741 - the paper's name
+    k: int | None = Field(None, ge=1, description="leaves kept per tree (default: all, 1 + l*n)")
+
+    @model_validator(mode="after")
+    def _enough_leaves(self) -> TreeStrategyConfig:
+        if self.k is not None and self.k > 1 + self.l * self.n:
+            raise PydanticCustomError(
+                "tree_leaves",
+                "k={k} leaves per tree, but m trees of l={l} rounds x n={n} branches grow "
+                "1 + l*n = {leaves} leaves each; set k at most {leaves} or raise l or n",
+                {"k": self.k, "l": self.l, "n": self.n, "leaves": 1 + self.l * self.n},
+            )
+        return self
+
+    @property
+    def leaves(self) -> int:
+        """Leaves kept per tree (K)."""
+        return self.k if self.k is not None else 1 + self.l * self.n
+
+
+#: One settings model per strategy, told apart by `name` (a wrong or missing field names itself).
+StrategyConfig = Annotated[Union[ChainStrategyConfig, TreeStrategyConfig], Field(discriminator="name")]
+STRATEGY_CONFIGS: dict[str, type[_Section]] = {"chain": ChainStrategyConfig, "tree": TreeStrategyConfig}
+
+
 class RolloutConfig(_Section):
-    strategy: Literal["chain"] = "chain"
-    group_size: int = Field(8, ge=1, description="G: rollouts per task")
+    #: `chain`, or a mapping with the strategy's settings: {name: tree, m: 2, n: 2, l: 1, k: 3}
+    strategy: StrategyConfig = ChainStrategyConfig()
+    group_size: int = Field(8, ge=1, description="G: rollouts per task (strategy chain)")
     tasks_per_iteration: int = Field(16, ge=1)
     max_turns: int | None = Field(None, ge=1, description="defaults to the env's max_turns")
     max_new_tokens: int = Field(16, ge=1, description="per turn")
@@ -84,11 +123,34 @@ class RolloutConfig(_Section):
     env_workers: int = Field(8, ge=1, description="threads stepping envs concurrently")
     check_template: bool = False
 
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _group_size_is_chains(self) -> RolloutConfig:
+        if self.strategy.name == "tree" and "group_size" in self.model_fields_set:
+            raise PydanticCustomError(
+                "tree_group_size",
+                "rollout.group_size is the chain strategy's G; a tree's group holds m x k leaves "
+                "(rollout.strategy.m and .k), so leave group_size out",
+            )
+        return self
+
+    @property
+    def trajectories_per_task(self) -> int:
+        """Trajectories each task's group holds."""
+        if isinstance(self.strategy, TreeStrategyConfig):
+            return self.strategy.m * self.strategy.leaves
+        return self.group_size
+
 
 class AlgorithmConfig(_Section):
     """Advantage estimator, loss and group filter (docs/algorithms.md)."""
 
-    advantage: Literal["grpo", "gigpo"] = "grpo"
+    #: An estimator registered in agentrl.algorithms.ADVANTAGE_ESTIMATORS: grpo, gigpo, tree_grpo
+    advantage: str = "grpo"
     #: "std" (GRPO), "mean" (Dr. GRPO; GiGPO's reference default) or "loo" (RLOO, GRPO only).
     norm: Literal["std", "mean", "loo"] = "std"
     gamma: float = Field(0.95, ge=0.0, le=1.0)
@@ -115,8 +177,25 @@ class AlgorithmConfig(_Section):
     group_filter: Literal["none", "dynamic", "top_std"] = "none"
     top_std_fraction: float = Field(0.25, gt=0.0, le=1.0)
 
+    @field_validator("advantage")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from agentrl.algorithms.estimators import ADVANTAGE_ESTIMATORS
+
+        if value not in ADVANTAGE_ESTIMATORS:
+            raise PydanticCustomError(
+                "advantage_unknown", "unknown estimator '{value}'; registered: {names}",
+                {"value": value, "names": ", ".join(sorted(ADVANTAGE_ESTIMATORS))})
+        return value
+
     @model_validator(mode="after")
     def _gigpo_norm(self) -> AlgorithmConfig:
+        if self.advantage == "tree_grpo" and self.norm != "std":
+            raise PydanticCustomError(
+                "tree_grpo_norm",
+                "algorithm.advantage=tree_grpo divides both of its terms by the std (as the "
+                "reference does); set algorithm.norm=std",
+            )
         # RLOO's leave-one-out baseline has no GiGPO counterpart (neither the paper nor the
         # reference code defines one); refuse it rather than silently use another norm.
         if self.advantage == "gigpo" and self.norm == "loo":
@@ -206,6 +285,18 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     sandbox: SandboxConfig = SandboxConfig()
 
+    @model_validator(mode="after")
+    def _tree_advantage_needs_trees(self) -> Config:
+        if self.algorithm.advantage == "tree_grpo" and self.rollout.strategy.name != "tree":
+            raise PydanticCustomError(
+                "tree_grpo_strategy",
+                "algorithm.advantage=tree_grpo compares leaves within their tree, and "
+                "rollout.strategy={strategy} grows none; set rollout.strategy=tree (settings "
+                "m, n, l, k) or choose advantage grpo",
+                {"strategy": self.rollout.strategy.name},
+            )
+        return self
+
 
 # --- loading ---------------------------------------------------------------------------------
 
@@ -259,8 +350,19 @@ def validate_config(data: dict[str, Any]) -> Config:
 def _describe(exc: ValidationError) -> str:
     messages = []
     for error in exc.errors():
-        field = ".".join(str(p) for p in error["loc"])
-        if error["type"] == "extra_forbidden":
+        loc = error["loc"]
+        # A strategy's settings: pydantic puts the strategy's name into the location.
+        shown = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "strategy" and p in STRATEGY_CONFIGS)]
+        field = ".".join(str(p) for p in shown)
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            got = error.get("input")
+            named = f"unknown strategy {got.get('name')!r}" if isinstance(got, dict) and "name" in got \
+                else "a strategy's settings need its name"
+            messages.append(f"{field}: {named}; available: {', '.join(STRATEGY_CONFIGS)} "
+                            "(e.g. rollout.strategy=chain, or {name: tree, m: 2, n: 2, l: 1})")
+        elif not field:
+            messages.append(error["msg"])
+        elif error["type"] == "extra_forbidden":
             allowed = _allowed_fields(error["loc"][:-1])
             messages.append(f"{field}: unknown field (allowed: {', '.join(allowed)})")
         else:
@@ -272,7 +374,10 @@ def _describe(exc: ValidationError) -> str:
 
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = Config
-    for part in loc:
+    for i, part in enumerate(loc):
+        if model is RolloutConfig and part == "strategy" and i + 1 < len(loc):
+            model = STRATEGY_CONFIGS.get(str(loc[i + 1]), model)  # loc: strategy, <name>, ...
+            return list(model.model_fields) if i + 2 == len(loc) else []
         field = model.model_fields.get(str(part))
         if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
             return []

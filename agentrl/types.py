@@ -83,6 +83,9 @@ class Step:
     action_valid: bool = True
     finish_reason: str = "stop"
     info: dict[str, Any] = field(default_factory=dict)
+    #: this turn's node in its group's rollout tree (assigned by the engine; a branch's
+    #: inherited turns keep their parent's node ids, so equal ids mean the same turn)
+    node_id: int = 0
 
 
 @dataclass
@@ -93,6 +96,10 @@ class Trajectory:
     - len(token_ids) == len(loss_mask) == len(logprobs)
     - loss_mask[i] == 1 only for tokens the policy sampled; logprobs[i] is their behaviour
       log-prob, 0.0 elsewhere.
+    - node_path == tuple(step.node_id for step in steps): the nodes (turns) from the root to this
+      leaf. Trajectories of one group whose node paths start alike share those turns token for
+      token; `tree_id` names the tree of the group the trajectory belongs to (chain rollouts:
+      one tree per trajectory).
     """
 
     token_ids: list[int]
@@ -145,6 +152,7 @@ class Trajectory:
                     "anchor": repr(s.anchor),
                     "action_span": list(s.action_span),
                     "finish_reason": s.finish_reason,
+                    "node_id": s.node_id,
                 }
                 for s in self.steps
             ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 from agentrl.algorithms.advantages import grpo_advantages
 from agentrl.algorithms.arpo import arpo_branch_probability, arpo_hard_advantages, arpo_step_entropy
 from agentrl.algorithms.broadcast import broadcast_to_tokens
+from agentrl.algorithms.estimators import ADVANTAGE_ESTIMATORS, register_advantage, token_advantages
 from agentrl.algorithms.filters import dynamic_sampling_filter, kept_groups, top_std_filter
 from agentrl.algorithms.gigpo import cluster_anchors, discounted_returns, gigpo_advantages
 from agentrl.algorithms.tree_grpo import tree_grpo_advantages
@@ -29,6 +30,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "aggregate",
     "arpo_branch_probability",
     "arpo_hard_advantages",
@@ -44,6 +46,8 @@ __all__ = [
     "kl_penalty",
     "normalize_answer",
     "policy_loss",
+    "register_advantage",
+    "token_advantages",
     "top_std_filter",
     "tree_grpo_advantages",
     "ufo_return",

@@ -2,15 +2,21 @@
 
 One call of `RolloutEngine.run` turns a list of tasks into `Group`s of `Trajectory`s:
 
-    start: the strategy spawns the initial episodes (env.reset(seed) + prompt tokens)
+    start: the strategy asks for the initial episodes; the engine resets their envs
+           concurrently (env.reset(seed) + prompt tokens)
     round: every active episode -> one Generator.generate call (token ids in, ids out)
            -> sampled ids appended with loss mask 1 and their behaviour log-probs
            -> all env.step(action_text) run concurrently: envs with a coroutine `astep` (ToolEnv)
               together on the tools' event loop, others in a thread pool
-           -> the template delta (closing + observation + generation prompt) appended, mask 0
-           -> the strategy may add branches (forks) of episodes, and replacements for episodes
-              the infrastructure ended (`info["infra_error"]`, or an env that raised)
-    until no episode is active; then each episode becomes a Trajectory of its task's Group.
+           -> the template delta (closing + observation + generation prompt) appended, mask 0;
+              the turn becomes a node of the group's tree (a new node id)
+           -> with a branching strategy, a fork of each live env is kept at its new node
+           -> replacements for episodes the infrastructure ended (`info["infra_error"]`, an env
+              that raised, a failed fork), then the strategy's new episodes (branches), started
+              concurrently: `RolloutContext.branch(episode, at_turn=k)` copies k turns exactly
+              and forks the env kept at node k (or replays the k actions when it cannot fork)
+    until no episode is active; then the strategy picks each group's episodes (`finish`), and
+    each becomes a Trajectory of its task's Group, with the group's budget counts.
 
 The engine knows envs only through the TextEnv contract and models only through the
 Generator protocol; the token-space conversation is built by `ChatTemplater`.
@@ -21,15 +27,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from typing import Any, Callable, Sequence
 
 from agentrl.generation.seeding import derive_seed
+from agentrl.envs.base import EnvForkError
 from agentrl.envs.tool_env import ToolEnv
 from agentrl.rollout.chat import ChatTemplater
+from agentrl.rollout.context import BranchError, EpisodeRequest, RolloutContext
 from agentrl.rollout.episode import Episode
 from agentrl.rollout.strategies import Strategy
 from agentrl.tools.cache import ToolCache
@@ -102,69 +112,165 @@ class RolloutEngine:
         act = policy or self._generate
         params = strategy.sampling_params(self.sampling)
         budgets: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        counters = defaultdict(int)
-
+        rollout = RolloutContext(len(tasks), params.seed)
+        keep_forks = bool(getattr(strategy, "keep_node_forks", False))
         # One cache of stateless tool results per task: a group's repeated searches run once.
         tool_caches: dict[int, ToolCache] = defaultdict(ToolCache)
+        start = partial(self._start, make_env, tasks, tool_caches, rollout, budgets)
+        episodes: list[Episode] = []
 
-        def spawn(task_index: int) -> Episode:
-            traj_id = counters[task_index]
-            counters[task_index] += 1
-            return self._new_episode(make_env(), tasks[task_index], task_index, traj_id,
-                                     tool_caches[task_index])
-
-        def refill(failed: list[Episode]) -> list[Episode]:
+        def refill(failed: list[Episode]) -> None:
             """Replacements for episodes the infrastructure ended (and for theirs, in turn)."""
-            added: list[Episode] = []
-            refill_with = getattr(strategy, "refill", None)
-            while failed and refill_with is not None:
-                new = refill_with(failed, spawn)
-                added.extend(new)
+            while failed:
+                new = start(strategy.refill(failed, rollout))
+                episodes.extend(new)
                 failed = [e for e in new if e.infra_error]
-            return added
 
-        started = time.perf_counter()
-        episodes = strategy.start(len(tasks), spawn)
-        episodes.extend(refill([e for e in episodes if e.infra_error]))
-        reset_time = time.perf_counter() - started
-
-        # Every turn's prompt continues the episode's previous prompt and completion, so a
-        # generator that keeps their keys and values (HFGenerator.prefix_cache) prefills only
-        # what the env appended. The weights do not change during a run.
+        # Every turn's prompt continues the episode's previous prompt and completion, and a
+        # branch continues its parent's, so a generator that keeps their keys and values
+        # (HFGenerator.prefix_cache) prefills only what is new. The weights do not change
+        # during a run.
         prefix_cache = getattr(self.generator, "prefix_cache", None) if policy is None else None
         try:
             with prefix_cache() if prefix_cache is not None else contextlib.nullcontext():
+                episodes.extend(start(strategy.start(len(tasks), rollout)))
+                refill([e for e in episodes if e.infra_error])
                 active = [e for e in episodes if not e.done]
                 while active:
-                    taken = self._round(active, params, budgets, act)
-                    new = strategy.after_round(taken, spawn)
-                    for branch in new:
-                        if branch.traj_id >= counters[branch.group_id]:
-                            counters[branch.group_id] = branch.traj_id + 1
+                    taken = self._round(active, params, budgets, act, rollout)
+                    if keep_forks:
+                        self._keep_forks([e for e, _ in taken if not e.done], rollout, budgets)
+                    refill([e for e, _ in taken if e.infra_error])
+                    new = start(strategy.after_round(taken, rollout))
                     episodes.extend(new)
-                    episodes.extend(refill([e for e, _ in taken if e.infra_error]))
+                    refill([e for e in new if e.infra_error])
                     active = [e for e in episodes if not e.done]
         finally:
             if close_envs:
-                for episode in episodes:
-                    try:
-                        episode.env.close()
-                    except Exception:  # noqa: BLE001 - closing must not mask the real error
-                        pass
+                _close_all([e.env for e in episodes] + list(rollout.node_forks.values()))
 
         groups: dict[int, Group] = {}
-        for episode in episodes:
-            group = groups.setdefault(
-                episode.group_id, Group(group_id=episode.group_id, task=dict(tasks[episode.group_id]))
-            )
-            group.trajectories.append(episode.to_trajectory())
-        for episode in episodes:
-            if episode.infra_error:
-                budgets[episode.group_id]["infra_errors"] += 1
-        for group_id, group in groups.items():
-            group.budget = dict(budgets[group_id])
-            group.budget["time/reset"] = reset_time / max(1, len(groups))
+        for group_id in sorted({e.group_id for e in episodes}):
+            members = [e for e in episodes if e.group_id == group_id]
+            kept = strategy.finish(members) if hasattr(strategy, "finish") else members
+            group = groups[group_id] = Group(group_id=group_id, task=dict(tasks[group_id]))
+            group.trajectories = [e.to_trajectory() for e in kept]
+            budget = budgets[group_id]
+            budget["infra_errors"] += sum(1 for e in members if e.infra_error)
+            budget["trajectories"] += len(group.trajectories)
+            budget["trajectories/sampled"] += len(members)
+            group.budget = dict(budget)
         return [groups[k] for k in sorted(groups)]
+
+    # --- starting episodes: fresh rollouts and branches --------------------------------------
+
+    def _start(self, make_env: Callable[[], Any], tasks: Sequence[dict[str, Any]],
+               tool_caches: dict[int, ToolCache], rollout: RolloutContext,
+               budgets: dict[int, dict[str, float]], requests: list[EpisodeRequest]) -> list[Episode]:
+        """Start the requested episodes concurrently: env resets, forks and replays run in the
+        thread pool. Episodes come back in request order."""
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        lock = threading.Lock()
+
+        def new_env() -> Any:
+            with lock:  # `make_env` need not be thread-safe
+                return make_env()
+
+        jobs = [self._pool.submit(self._start_one, request, new_env, tasks[request.group_id],
+                                  tool_caches[request.group_id], rollout) for request in requests]
+        episodes = []
+        for request, job in zip(requests, jobs):
+            episode, counts = job.result()  # a BranchError (an env that cannot branch) surfaces here
+            rollout.add(episode)
+            episodes.append(episode)
+            for key, value in counts.items():
+                budgets[request.group_id][key] += value
+        elapsed = time.perf_counter() - t0
+        for request in requests:
+            phase = "time/reset" if request.source is None else "time/branch"
+            budgets[request.group_id][phase] += elapsed / len(requests)
+        return episodes
+
+    def _start_one(self, request: EpisodeRequest, new_env: Callable[[], Any], task: dict[str, Any],
+                   tool_cache: ToolCache, rollout: RolloutContext) -> tuple[Episode, dict[str, float]]:
+        """One requested episode and what starting it cost (budget counts)."""
+        source, k = request.source, request.at_turn
+        if source is None or k == 0:
+            fresh_env = new_env()
+            episode = self._new_episode(fresh_env, task, request.group_id, request.traj_id, tool_cache)
+            episode.tree_id = request.tree_id
+            if source is None:
+                return episode, {}
+            episode.branched_from = (source.traj_id, 0)
+            if not episode.infra_error and episode.token_ids != source.token_ids[:source.prompt_len]:
+                raise BranchError(f"{_env_name(fresh_env)}: reset(seed={task.get('seed')}) gave a "
+                                  "different prompt the second time; make reset() depend on its seed "
+                                  "and options only, so branches of one task start alike")
+            return episode, {"branches": 1}
+        counts = {"branches": 1.0}
+        try:
+            env = self._env_after(source, k, rollout)
+            if env is None:  # the env cannot fork: replay its first k actions on a fresh one
+                env = new_env()
+                counts.update(self._replay(env, source, k, task, tool_cache))
+        except BranchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed fork loses one branch, not the run
+            branch = source.prefix(k, None, request.traj_id)
+            branch.done, branch.truncated = True, True
+            branch.infra_error = f"branch failed: {type(exc).__name__}: {exc}"
+            return branch, counts
+        return source.prefix(k, env, request.traj_id), counts
+
+    @staticmethod
+    def _env_after(source: Episode, k: int, rollout: RolloutContext) -> Any:
+        """An env in `source`'s state after turn k, forked from the fork kept at that node or
+        from the live env; None when the env cannot fork (EnvForkError)."""
+        kept = rollout.node_forks.get((source.group_id, source.steps[k - 1].node_id))
+        if isinstance(kept, Exception):
+            raise kept  # the fork at this node failed when it was taken
+        try:
+            if kept is not None:
+                return kept.fork()  # the kept fork stays, for further branches of the same node
+            if k == source.turns and not source.done:
+                return source.env.fork()
+        except EnvForkError:
+            return None
+        return None
+
+    def _replay(self, env: Any, source: Episode, k: int, task: dict[str, Any],
+                tool_cache: ToolCache) -> dict[str, float]:
+        """Bring a fresh env to `source`'s state after turn k by replaying its actions, and
+        check that it saw the same observations (else the branch would not be the same state)."""
+        options = self._reset_options(env, task, tool_cache)
+        env.reset(seed=task.get("seed"), options=options)
+        tool_calls = 0
+        for turn, step in enumerate(source.steps[:k], start=1):
+            observation, reward, _, _, info = env.step(step.action_text)
+            tool_calls += len(info.get("tool_calls", []))
+            if observation != step.observation or float(reward) != step.reward:
+                env.close()
+                raise BranchError(
+                    f"{_env_name(env)} cannot fork (its fork() raised EnvForkError) and replaying "
+                    f"its actions gave a different observation or reward at turn {turn}; make "
+                    "fork() copy the env's state, or make step() depend only on reset(seed) and "
+                    "the actions")
+        return {"branches/replayed": 1, "env_steps/replayed": k, "tool_calls/replayed": tool_calls}
+
+    def _keep_forks(self, live: list[Episode], rollout: RolloutContext,
+                    budgets: dict[int, dict[str, float]]) -> None:
+        """Keep a fork of each live env at its newest node, for later branches from there. An
+        env that cannot fork is replayed instead when a branch needs it."""
+        t0 = time.perf_counter()
+        forks = list(self._pool.map(_try_fork, [e.env for e in live]))
+        for episode, fork in zip(live, forks):
+            if fork is not None:  # a fork, or the error of a fork that failed
+                rollout.node_forks[(episode.group_id, episode.steps[-1].node_id)] = fork
+        elapsed = time.perf_counter() - t0
+        for episode in live:
+            budgets[episode.group_id]["time/branch"] += elapsed / len(live)
 
     # --- one round ---------------------------------------------------------------------------
 
@@ -196,6 +302,7 @@ class RolloutEngine:
         params: SamplingParams,
         budgets: dict[int, dict[str, float]],
         act: Callable[[list[Episode], SamplingParams], list[Completion]],
+        rollout: RolloutContext,
     ) -> list[tuple[Episode, Completion]]:
         # 1. Generate one turn for every active episode.
         t0 = time.perf_counter()
@@ -225,6 +332,7 @@ class RolloutEngine:
             observation, reward, terminated, truncated, info = result
             budget = budgets[episode.group_id]
             budget["time/env"] += env_time / len(active)
+            budget["env_steps"] += 1
             budget["tool_calls"] += len(info.get("tool_calls", []))
             action_end = len(episode.token_ids)
             step = Step(
@@ -236,6 +344,7 @@ class RolloutEngine:
                 action_valid=bool(info.get("action_valid", True)),
                 finish_reason=completion.finish_reason,
                 info={k: v for k, v in info.items() if k != "anchor"},
+                node_id=rollout.new_node(episode.group_id),
             )
             episode.steps.append(step)
             episode.messages.append(Message("assistant", action))
@@ -283,9 +392,7 @@ class RolloutEngine:
 
     def _new_episode(self, env: Any, task: dict[str, Any], group_id: int, traj_id: int,
                      tool_cache: ToolCache | None = None) -> Episode:
-        options = task.get("options")
-        if tool_cache is not None and isinstance(getattr(env, "unwrapped", env), ToolEnv):
-            options = {**(options or {}), "tool_cache": tool_cache}
+        options = self._reset_options(env, task, tool_cache)
         try:
             observation, info = env.reset(seed=task.get("seed"), options=options)
         except Exception as exc:  # noqa: BLE001 - a crashed reset loses one episode, not the run
@@ -314,6 +421,13 @@ class RolloutEngine:
             last_info=info,
         )
 
+    @staticmethod
+    def _reset_options(env: Any, task: dict[str, Any], tool_cache: ToolCache | None) -> Any:
+        options = task.get("options")
+        if tool_cache is not None and isinstance(getattr(env, "unwrapped", env), ToolEnv):
+            options = {**(options or {}), "tool_cache": tool_cache}
+        return options
+
     def _templater(self, env: Any) -> ChatTemplater:
         specs = tuple(getattr(env, "tool_specs", ()) or ())
         key = json.dumps(specs, sort_keys=True, default=str)
@@ -329,6 +443,32 @@ class RolloutEngine:
         if completion.finish_reason == "eos" and eos and text.endswith(eos):
             text = text[: -len(eos)]
         return text
+
+
+def _try_fork(env: Any) -> Any:
+    """env.fork(); None when the env cannot fork (a branch from here replays instead); the
+    exception when the fork failed (a branch from here is an infrastructure failure)."""
+    try:
+        return env.fork()
+    except EnvForkError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a failed fork costs the branches from it, not the rollout
+        return exc
+
+
+def _close_all(envs: list[Any]) -> None:
+    for env in envs:
+        if env is None or isinstance(env, Exception):
+            continue
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 - closing must not mask the real error
+            pass
+
+
+def _env_name(env: Any) -> str:
+    spec = getattr(env, "spec", None)
+    return getattr(spec, "id", None) or type(getattr(env, "unwrapped", env)).__name__
 
 
 def _coroutine_step(env: Any) -> bool:

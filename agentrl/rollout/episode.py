@@ -1,9 +1,10 @@
 """`Episode`: the live state of one trajectory while the engine drives it.
 
 An episode owns its env and the token-space conversation built so far. It becomes a
-`Trajectory` when it ends. Branching strategies call `fork()`: the branch copies the tokens,
-masks and log-probs, and forks the env (tool state included), so the shared prefix and its tool
-results are inherited, never recomputed.
+`Trajectory` when it ends. A branch (`RolloutEngine` makes them, see `agentrl.rollout.context`)
+starts as `parent.prefix(k, env, traj_id)`: the parent's first k turns copied exactly, with an
+env already in the state after turn k, so the shared prefix and its tool results are inherited,
+never recomputed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ class Episode:
     traj_id: int
     anchor: Any = None
     tree_id: int = 0
-    node_path: tuple[int, ...] = ()
     steps: list[Step] = field(default_factory=list)
     done: bool = False
     success: bool = False
@@ -38,6 +38,8 @@ class Episode:
     last_info: dict[str, Any] = field(default_factory=dict)
     #: set when the infrastructure (an env crash, a tool or sandbox failure) ended the episode
     infra_error: str | None = None
+    #: (source trajectory id, turn) this episode was branched from; None for a fresh rollout
+    branched_from: tuple[int, int] | None = None
     #: strategy-owned scratch space (e.g. ARPO's entropy baseline)
     scratch: dict[str, Any] = field(default_factory=dict)
 
@@ -45,29 +47,53 @@ class Episode:
     def turns(self) -> int:
         return len(self.steps)
 
-    def fork(self, traj_id: int) -> "Episode":
-        """A branch continuing from this exact point (tokens copied, env forked)."""
+    @property
+    def node_path(self) -> tuple[int, ...]:
+        """The node ids of this episode's turns, first turn first."""
+        return tuple(step.node_id for step in self.steps)
+
+    def prefix(self, at_turn: int, env: Any, traj_id: int) -> "Episode":
+        """A new live episode holding this one's first `at_turn` turns exactly (tokens, loss
+        mask, log-probs, messages, steps) and `env`, which must already be in the state after
+        that turn (the engine forks or replays it). The engine's `branch()` calls this.
+        """
+        if not 0 <= at_turn <= self.turns:
+            raise ValueError(f"at_turn={at_turn}: episode {self.group_id}/{self.traj_id} has "
+                             f"{self.turns} turns, so a branch starts after turn 0..{self.turns}")
+        if at_turn == self.turns and self.done:
+            raise ValueError(f"at_turn={at_turn}: episode {self.group_id}/{self.traj_id} ended at "
+                             f"that turn, so there is nothing to continue; branch at 0..{self.turns - 1}")
+        # Where the prompt for turn at_turn + 1 ends: after turn at_turn's observation delta
+        # (which holds the next generation prompt), or the initial prompt for at_turn == 0.
+        end = self.steps[at_turn - 1].observation_span[1] if at_turn else self.prompt_len
+        # Messages: the head (system prompt, task), then (assistant, observation) per turn.
+        head = self._first_action_message() if self.steps else len(self.messages)
+        messages = self.messages[:head + 2 * at_turn]
+        # The state after turn at_turn: the anchor the next turn saw, the info that turn returned.
+        anchor = self.steps[at_turn].anchor if at_turn < self.turns else self.anchor
+        info = dict(self.steps[at_turn - 1].info) if at_turn else {}
         return Episode(
-            env=self.env.fork(),
+            env=env,
             templater=self.templater,
-            token_ids=list(self.token_ids),
-            loss_mask=list(self.loss_mask),
-            logprobs=list(self.logprobs),
+            token_ids=self.token_ids[:end],
+            loss_mask=self.loss_mask[:end],
+            logprobs=self.logprobs[:end],
             prompt_len=self.prompt_len,
-            messages=list(self.messages),
+            messages=list(messages),
             task=self.task,
             group_id=self.group_id,
             traj_id=traj_id,
-            anchor=self.anchor,
+            anchor=anchor,
             tree_id=self.tree_id,
-            node_path=self.node_path,
-            steps=copy.deepcopy(self.steps),
-            done=self.done,
-            success=self.success,
-            truncated=self.truncated,
-            last_info=dict(self.last_info),
-            scratch=copy.deepcopy(self.scratch),
+            steps=copy.deepcopy(self.steps[:at_turn]),
+            success=bool(info.get("success", False)) if at_turn else False,
+            last_info=info,
+            branched_from=(self.traj_id, at_turn),
         )
+
+    def _first_action_message(self) -> int:
+        """Index of the first assistant message (the messages before it are the head)."""
+        return next(i for i, m in enumerate(self.messages) if m.role == "assistant")
 
     def to_trajectory(self) -> Trajectory:
         return Trajectory(

@@ -1,46 +1,57 @@
-"""Sampling strategies: who starts, and who branches between rounds.
+"""Sampling strategies: who starts, who branches between rounds, and which episodes count.
 
 The engine is round-based: in each round every active episode generates one turn and its env
-steps. A strategy is called at two points only:
+steps. A strategy decides, through the `RolloutContext` it is handed (`rollout.spawn(task)`,
+`rollout.branch(episode, at_turn=k)`, see `agentrl.rollout.context`), which episodes to start:
 
-- `start(tasks, spawn)`: create the initial episodes of every task (`spawn(task_index)` resets a
-  fresh env for that task and returns a new episode);
-- `after_round(round, spawn)`: look at the turns just taken (each episode with the completion it
-  sampled) and return new episodes to add, usually `episode.fork(...)` branches that continue
-  from the current point with the shared prefix copied and the env (and its tools) forked.
+- `start(num_tasks, rollout)`: the initial episodes of every task;
+- `refill(failed, rollout)`: replacements for episodes the infrastructure ended (an env crash, a
+  tool or sandbox failure, a fork that failed); those are never trained on, and the strategy may
+  start replacements so its groups keep their size;
+- `after_round(taken, rollout)`: after each round (the episodes that just took a turn, each with
+  the completion it sampled), new episodes to start, usually branches;
+- `finish(episodes)`: at the end, the episodes of one group that become its trajectories.
 
-A third, `refill(failed, spawn)`, is called with the episodes the infrastructure ended (an env
-crash, a tool or sandbox failure): those trajectories are never trained on, and the strategy
-may spawn replacements so the group keeps its size.
-
-`chain` (G independent rollouts per task) never branches. Tree-GRPO's `tree` and ARPO's
-`entropy` strategies plug in here through `after_round` and `Episode.fork`, without changes to
-the engine.
+Each returns the requests; the engine starts them (concurrently), assigns every id, and keeps
+env forks at every node when the strategy sets `keep_node_forks`. `chain` (G independent
+rollouts per task) never branches; `tree` (Tree-GRPO, `agentrl.rollout.tree_strategy`) branches
+finished episodes at random nodes. `make_strategy` builds one from the recipe's
+`rollout.strategy` section.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+from agentrl.rollout.context import EpisodeRequest, RolloutContext
 from agentrl.rollout.episode import Episode
 from agentrl.types import Completion, SamplingParams
 
-Spawn = Callable[[int], Episode]
+if TYPE_CHECKING:
+    from agentrl.config import StrategyConfig
 
 
 class Strategy(Protocol):
+    #: whether the engine keeps an env fork after every turn (for branches of finished episodes)
+    keep_node_forks: bool
+
     def sampling_params(self, base: SamplingParams) -> SamplingParams:
         """Adjust sampling (e.g. ask for top-k log-probs to measure entropy)."""
         ...
 
-    def start(self, num_tasks: int, spawn: Spawn) -> list[Episode]:
+    def start(self, num_tasks: int, rollout: RolloutContext) -> list[EpisodeRequest]:
         ...
 
-    def after_round(self, taken: Sequence[tuple[Episode, Completion]], spawn: Spawn) -> list[Episode]:
-        ...
-
-    def refill(self, failed: Sequence[Episode], spawn: Spawn) -> list[Episode]:
+    def refill(self, failed: Sequence[Episode], rollout: RolloutContext) -> list[EpisodeRequest]:
         """Episodes replacing those the infrastructure ended; [] when the strategy cannot."""
+        ...
+
+    def after_round(self, taken: Sequence[tuple[Episode, Completion]],
+                    rollout: RolloutContext) -> list[EpisodeRequest]:
+        ...
+
+    def finish(self, episodes: Sequence[Episode]) -> list[Episode]:
+        """The episodes of one group that become its trajectories (the rest are dropped)."""
         ...
 
 
@@ -52,6 +63,8 @@ class ChainStrategy:
     cannot keep the rollout going.
     """
 
+    keep_node_forks = False
+
     def __init__(self, group_size: int, max_refills: int | None = None) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be at least 1, got {group_size}")
@@ -62,24 +75,35 @@ class ChainStrategy:
     def sampling_params(self, base: SamplingParams) -> SamplingParams:
         return base
 
-    def start(self, num_tasks: int, spawn: Spawn) -> list[Episode]:
+    def start(self, num_tasks: int, rollout: RolloutContext) -> list[EpisodeRequest]:
         self._refills = {}
-        return [spawn(task) for task in range(num_tasks) for _ in range(self.group_size)]
+        return [rollout.spawn(task) for task in range(num_tasks) for _ in range(self.group_size)]
 
-    def refill(self, failed: Sequence[Episode], spawn: Spawn) -> list[Episode]:
+    def refill(self, failed: Sequence[Episode], rollout: RolloutContext) -> list[EpisodeRequest]:
         replacements = []
         for episode in failed:
             used = self._refills.get(episode.group_id, 0)
             if used < self.max_refills:
                 self._refills[episode.group_id] = used + 1
-                replacements.append(spawn(episode.group_id))
+                replacements.append(rollout.spawn(episode.group_id))
         return replacements
 
-    def after_round(self, taken: Sequence[tuple[Episode, Completion]], spawn: Spawn) -> list[Episode]:
+    def after_round(self, taken: Sequence[tuple[Episode, Completion]],
+                    rollout: RolloutContext) -> list[EpisodeRequest]:
         return []
 
+    def finish(self, episodes: Sequence[Episode]) -> list[Episode]:
+        return list(episodes)
 
-def make_strategy(name: str, *, group_size: int) -> Strategy:
+
+def make_strategy(config: "StrategyConfig | str", *, group_size: int) -> Any:
+    """The strategy a recipe's `rollout.strategy` names (`group_size` is chain's G)."""
+    from agentrl.rollout.tree_strategy import TreeStrategy
+
+    name = config if isinstance(config, str) else config.name
     if name == "chain":
         return ChainStrategy(group_size)
-    raise ValueError(f"unknown rollout strategy {name!r}; available: chain")
+    if name == "tree" and not isinstance(config, str):
+        return TreeStrategy(m=config.m, n=config.n, l=config.l, k=config.k)
+    raise ValueError(f"unknown rollout strategy {name!r}; available: chain, tree "
+                     "(tree takes its settings: rollout.strategy={name: tree, m: 2, n: 2, l: 1})")

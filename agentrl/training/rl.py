@@ -3,9 +3,10 @@
 Reads top to bottom like a CleanRL script, one iteration at a time:
 
     tasks   = the iteration's env seeds (a pure function of the run seed and the task counter)
-    groups  = engine.run(tasks)                 # multi-turn rollouts, G per task
+    groups  = engine.run(tasks, strategy)       # multi-turn rollouts: chains or trees per task
     keep    = group filter (none / DAPO dynamic sampling / UFO top-std)
-    adv     = GRPO (trajectory) or GiGPO (step) advantages, broadcast to action tokens
+    adv     = the estimator `algorithm.advantage` names (GRPO, GiGPO, Tree-GRPO, ...): per-token
+              advantages of the kept trajectories
     update  = ppo_epochs x mini_batches optimizer steps, each accumulated over micro-batches:
               clipped policy loss (+ KL to a reference, - entropy bonus), AdamW, grad clipping
     log     = metrics.jsonl + TensorBoard under rollout/ reward/ loss/ policy/ perf/ tools/
@@ -31,12 +32,10 @@ import torch
 
 from agentrl.algorithms import (
     aggregate,
-    broadcast_to_tokens,
     dynamic_sampling_filter,
-    gigpo_advantages,
-    grpo_advantages,
     kl_penalty,
     policy_loss,
+    token_advantages,
     top_std_filter,
 )
 from agentrl.config import Config
@@ -181,13 +180,14 @@ class RLTrainer:
 
         # 1. Rollout (with DAPO-style refills when a filter drops uninformative groups).
         groups, kept_ids, rollout_time = self._rollout_with_filter()
-        trajectories = [t for g in groups for t in g.trajectories]
         rollout_metrics = self._rollout_metrics(groups, rollout_time)
 
         # 2. Advantages, broadcast to each trajectory's action tokens. A trajectory the
         #    infrastructure ended (env crash, tool or sandbox failure) is in no group statistic.
-        kept = [t for g in groups if g.group_id in kept_ids for t in _trainable(g)]
-        advantages = self._token_advantages(kept)
+        kept_groups = [Group(g.group_id, g.task, _trainable(g), g.budget) for g in groups
+                       if g.group_id in kept_ids]
+        kept = [t for g in kept_groups for t in g.trajectories]
+        advantages = token_advantages(cfg.algorithm.advantage, kept_groups, cfg.algorithm)
 
         # 3. Policy update.
         update_started = time.perf_counter()
@@ -209,7 +209,7 @@ class RLTrainer:
             / max(update_time, 1e-9),
         }
         self.logger.log(self.iteration + 1, metrics)
-        self._log_trajectories(trajectories)
+        self._log_trajectories(groups, dict(zip(map(id, kept), advantages)))
         return metrics
 
     # --- rollout -----------------------------------------------------------------------------
@@ -286,37 +286,17 @@ class RLTrainer:
             "perf/tokens_per_s": budget["tokens/generated"] / max(rollout_time, 1e-9),
             "perf/prompt_tokens_processed": float(budget["tokens/prompt_processed"]),
             "perf/prompt_tokens_cached": float(budget["tokens/prompt_cached"]),
+            # Budgets of branched sampling: what each trajectory cost.
+            "perf/branch_s": float(budget["time/branch"]),
+            "rollout/env_steps": float(budget["env_steps"]),
+            "rollout/branches": float(budget["branches"]),
+            "rollout/replayed_branches": float(budget["branches/replayed"]),
+            "rollout/trajectories_sampled": float(budget["trajectories/sampled"]),
+            "rollout/trajectories_per_1k_gen_tokens":
+                1000.0 * len(everything) / max(1.0, budget["tokens/generated"]),
+            "rollout/prompt_tokens_per_trajectory":
+                budget["tokens/prompt_processed"] / max(1, len(everything)),
         }
-
-    # --- advantages --------------------------------------------------------------------------
-
-    def _token_advantages(self, trajs: list[Trajectory]) -> list[np.ndarray]:
-        acfg = self.config.algorithm
-        if not trajs:
-            return []
-        if acfg.advantage == "grpo":
-            per_traj = grpo_advantages([t.reward for t in trajs], [t.group_id for t in trajs],
-                                       norm=acfg.norm)
-            return [broadcast_to_tokens(float(a), [s.action_span for s in t.steps], len(t.token_ids))
-                    for a, t in zip(per_traj, trajs)]
-        # GiGPO: one row per step, in time order within each trajectory.
-        rows = [(i, s) for i, t in enumerate(trajs) for s in t.steps]
-        per_step = gigpo_advantages(
-            [s.reward for _, s in rows],
-            [(trajs[i].group_id, trajs[i].traj_id) for i, _ in rows],
-            [trajs[i].group_id for i, _ in rows],
-            [s.anchor for _, s in rows],
-            gamma=acfg.gamma, omega=acfg.omega, norm=acfg.norm,  # the config refuses "loo"
-            episode_stats=acfg.episode_stats, similarity=acfg.similarity,
-            invalid=[not s.action_valid for _, s in rows], invalid_penalty=acfg.invalid_penalty,
-        )
-        out, k = [], 0
-        for t in trajs:
-            n = len(t.steps)
-            out.append(broadcast_to_tokens(per_step[k:k + n], [s.action_span for s in t.steps],
-                                           len(t.token_ids)))
-            k += n
-        return out
 
     # --- update ------------------------------------------------------------------------------
 
@@ -431,13 +411,26 @@ class RLTrainer:
 
     # --- sinks -------------------------------------------------------------------------------
 
-    def _log_trajectories(self, trajs: list[Trajectory]) -> None:
+    def _log_trajectories(self, groups: list[Group], advantages: dict[int, np.ndarray]) -> None:
+        """Whole groups (so `agentrl view --tree` can draw them), until `log_trajectories`
+        trajectories are written; each with its advantage (the mean over its action tokens;
+        None when it was not trained on)."""
         count = self.config.train.log_trajectories
         if not count:
             return
+        written = 0
         with (self.run_dir / "trajectories.jsonl").open("a", encoding="utf-8") as f:
-            for traj in trajs[:count]:
-                f.write(json.dumps({"iteration": self.iteration + 1, **traj.to_dict()}) + "\n")
+            for group in groups:
+                if written >= count:
+                    break
+                for traj in group.trajectories:
+                    advantage = advantages.get(id(traj))
+                    if advantage is not None:
+                        on_actions = np.asarray(advantage)[np.asarray(traj.loss_mask, dtype=bool)]
+                        advantage = float(on_actions.mean()) if on_actions.size else 0.0
+                    f.write(json.dumps({"iteration": self.iteration + 1, **traj.to_dict(),
+                                        "advantage": advantage}) + "\n")
+                    written += 1
 
 
 def _trainable(group: Group) -> list[Trajectory]:

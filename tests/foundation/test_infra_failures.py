@@ -13,6 +13,7 @@ from agentrl.envs import TextEnv, make_info
 from agentrl.eval import evaluate
 from agentrl.generation import HFGenerator
 from agentrl.models import load_model
+from agentrl.training import rl
 from agentrl.rollout import ChainStrategy, RolloutEngine
 from agentrl.training import RLTrainer, read_metrics
 from agentrl.types import Completion, SamplingParams
@@ -85,13 +86,13 @@ def test_the_trainer_counts_infra_failures_and_trains_only_on_the_rest(tmp_path,
     model, tokenizer = load_model(tiny_model_dir)
     trainer = RLTrainer(config, tmp_path / "crashy", model, tokenizer, CrashesOnSomeSeeds)
     trained = []
-    real_advantages = trainer._token_advantages
+    real_advantages = rl.token_advantages
 
-    def capture(trajs):
-        trained.extend(trajs)
-        return real_advantages(trajs)
+    def capture(name, groups, settings):
+        trained.extend(t for g in groups for t in g.trajectories)
+        return real_advantages(name, groups, settings)
 
-    monkeypatch.setattr(trainer, "_token_advantages", capture)
+    monkeypatch.setattr(rl, "token_advantages", capture)
     trainer.train()
     metrics = read_metrics(tmp_path / "crashy")[-1]
     assert metrics["rollout/infra_errors"] == 2 + 2 + 8  # seeds 3 and 6: two each; seed 7: 4 + 4 refills
