@@ -240,12 +240,21 @@ def test_bad_requests_are_refused(model_and_tokenizer, prompts):
 
 
 # --- prefix cache: the next turn prefills only what follows the last prompt + completion ---
+# (branches forked from earlier turns: tests/test_prefix_cache_branches.py)
 
 
 def _next_turn_prompts(tok, prompts, completions):
     """What a rollout sends next: each prompt + its completion + an observation."""
     observation = tok.encode("\n<|im_start|>user\nno.<|im_end|>\n", add_special_tokens=False)
     return [p + c.token_ids + observation for p, c in zip(prompts, completions)]
+
+
+def _longest_cached(prompt, remembered):
+    """What the prefix cache should reuse for `prompt`: its longest common prefix with any
+    remembered sequence, leaving at least one token to prefill."""
+    def common(a, b):
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return min(max((common(prompt, seq) for seq in remembered), default=0), len(prompt) - 1)
 
 
 def test_prefix_cache_reuses_the_last_turn_and_matches_a_fresh_forward(model_and_tokenizer, prompts):
@@ -256,13 +265,16 @@ def test_prefix_cache_reuses_the_last_turn_and_matches_a_fresh_forward(model_and
     with cached.prefix_cache():
         first = cached.generate(prompts[:3], params)
         assert cached.reused_prompt_tokens == 0
-        # Three continued prompts and two never seen (misses, prefilled whole).
+        # Three continued prompts and two never seen (prefilled whole, but for the first
+        # tokens they may share with a remembered sequence, such as "<|im_start|>").
         second_prompts = _next_turn_prompts(tok, prompts[:3], first) + prompts[3:]
         second = cached.generate(second_prompts, params)
-    expected_reuse = sum(len(p) + len(c.token_ids) - 1 for p, c in zip(prompts[:3], first))
-    assert cached.reused_prompt_tokens == expected_reuse
-    assert [c.prompt_cached_tokens for c in second] == [
-        len(p) + len(c.token_ids) - 1 for p, c in zip(prompts[:3], first)] + [0, 0]
+    # A finished row is remembered without its last token, whose keys were never computed.
+    remembered = [p + c.token_ids[:-1] for p, c in zip(prompts[:3], first)]
+    expected = [_longest_cached(p, remembered) for p in second_prompts]
+    assert expected[:3] == [len(p) + len(c.token_ids) - 1 for p, c in zip(prompts[:3], first)]
+    assert [c.prompt_cached_tokens for c in second] == expected
+    assert cached.reused_prompt_tokens == sum(expected)
     reference = plain.generate(second_prompts, params)
     assert plain.reused_prompt_tokens == 0
     for prompt, c, ref in zip(second_prompts, second, reference):
@@ -276,31 +288,41 @@ def test_prefix_cache_only_inside_its_block(model_and_tokenizer, prompts):
     gen = HFGenerator(model, tok)
     params = SamplingParams(temperature=0.0, max_new_tokens=4)
     first = gen.generate(prompts, params)  # outside any block: nothing is kept
+    assert gen.cached_prefix_tokens == 0
     with gen.prefix_cache():
         gen.generate(_next_turn_prompts(tok, prompts, first), params)
         assert gen.reused_prompt_tokens == 0
+        assert gen.cached_prefix_tokens > 0
         with gen.prefix_cache():  # a nested block shares the outer one's entries
-            gen.generate(prompts, params)
-        inner = gen.generate(prompts, params)
-    assert gen.reused_prompt_tokens == 0, "a prompt equal to a cached one is not a continuation"
-    gen.generate(_next_turn_prompts(tok, prompts, inner), params)  # the block has ended
-    assert gen.reused_prompt_tokens == 0
+            again = gen.generate(prompts, params)
+        # Each first prompt starts every remembered sequence of its episode: all of it but the
+        # last token (the one that gives the next token's logits) comes from the cache.
+        assert [c.prompt_cached_tokens for c in again] == [len(p) - 1 for p in prompts]
+        assert [c.token_ids for c in again] == [c.token_ids for c in first]
+        reused = gen.reused_prompt_tokens
+        assert gen.cached_prefix_tokens > 0, "leaving the inner block keeps the outer one's entries"
+    assert gen.cached_prefix_tokens == 0
+    gen.generate(_next_turn_prompts(tok, prompts, first), params)  # the block has ended
+    assert gen.reused_prompt_tokens == reused
 
 
 def test_prefix_cache_drops_the_oldest_entries_beyond_its_budget(model_and_tokenizer, prompts):
     model, tok = model_and_tokenizer
     params = SamplingParams(temperature=0.0, max_new_tokens=3)
     short, long_ = sorted(prompts[:2], key=len)
+    assert short[0] != long_[0], "the two episodes must share no prefix"
     # Room for the longer sequence alone: the second remembered row pushes the first out.
     budget = len(long_) + 2
     gen = HFGenerator(model, tok, prefix_cache_tokens=budget)
     with gen.prefix_cache():
         a = gen.generate([short], params)
         b = gen.generate([long_], params)
+        assert gen.cached_prefix_tokens == len(long_) + 2
         gen.generate(_next_turn_prompts(tok, [long_], b), params)
         assert gen.reused_prompt_tokens == len(long_) + len(b[0].token_ids) - 1
         gen.generate(_next_turn_prompts(tok, [short], a), params)
         assert gen.reused_prompt_tokens == len(long_) + len(b[0].token_ids) - 1  # evicted: a miss
+        assert gen.cached_prefix_tokens <= budget
 
 
 # --- OpenAI-compatible client against a real HTTP server on loopback --------------------------

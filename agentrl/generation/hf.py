@@ -19,28 +19,25 @@ How a call runs:
 
 Multi-turn rollouts call the generator once per turn, and an episode's next prompt is its last
 prompt and completion plus the observation. Inside `with generator.prefix_cache():` (the rollout
-engine opens one per run) the keys and values of every finished row are kept, and a later
-prompt that continues one of them prefills only its new tokens: the cached rows are laid out
-left-padded in front of the new tokens, and the attention mask hides both paddings.
+engine opens one per run) the keys and values of every finished row are kept in a
+`KVPrefixTree`, and a later prompt prefills only what follows its longest cached prefix (the
+episode's last turn, or any earlier point of it that a branch forks from): the cached rows are
+laid out left-padded in front of the new tokens, and the attention mask hides both paddings.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from agentrl.generation.prefix_tree import KV, NO_PREFIX, CachedPrefix, KVPrefixTree
 from agentrl.generation.seeding import row_seeds
 from agentrl.models.kv_cache import cache_kwargs
 from agentrl.models.precision import autocast as autocast_to
 from agentrl.types import Completion, FinishReason, SamplingParams
-
-#: One cached sequence: per layer, (keys, values) of shape [kv heads, length, head dim].
-_KV = list[tuple[torch.Tensor, torch.Tensor]]
-
 
 class HFGenerator:
     """Batched sampling with a KV cache from a transformers causal LM in this process.
@@ -51,8 +48,9 @@ class HFGenerator:
     turns EOS stopping off (rows then end only at a stop string or the length limit).
     `autocast` (e.g. torch.bfloat16) runs the forward passes under `torch.autocast` to that
     dtype; the trainer must use the same setting so that behaviour log-probs match its own.
-    `prefix_cache_tokens` bounds the tokens whose keys and values `prefix_cache()` keeps (the
-    oldest go first); 0 turns the prefix cache off. `share_identical_prompts=False` prefills
+    `prefix_cache_tokens` bounds the tokens whose keys and values `prefix_cache()` keeps (a
+    prefix shared by several sequences counts once; the least recently used go first); 0 turns
+    the prefix cache off. `share_identical_prompts=False` prefills
     every row, identical prompts included (for comparisons; the results are the same).
     """
 
@@ -74,10 +72,9 @@ class HFGenerator:
             raise ValueError(f"prefix_cache_tokens must be >= 0 (0 = off), got {prefix_cache_tokens}.")
         self.prefix_cache_tokens = prefix_cache_tokens
         self.share_identical_prompts = share_identical_prompts
-        # token ids of a sequence -> its keys and values, while a prefix_cache() block is
-        # open; None outside one.
-        self._prefixes: OrderedDict[tuple[int, ...], _KV] | None = None
-        self._cached_tokens = 0
+        # The keys and values of finished sequences while a prefix_cache() block is open;
+        # None outside one.
+        self._prefixes: KVPrefixTree | None = None
         #: prompt tokens taken from the prefix cache instead of being prefilled, since creation
         self.reused_prompt_tokens = 0
         #: prompt tokens not prefilled because an identical prompt of the same batch was
@@ -120,64 +117,45 @@ class HFGenerator:
         """Reuse keys and values across calls inside this block (multi-turn rollouts).
 
         Within the block, the keys and values of every prompt + completion the generator
-        finishes are kept, and a later prompt that continues one of them (the next turn of the
-        same episode, or a branch forked from it) prefills only the tokens after it. The
-        cached values belong to the weights that computed them: do not change the weights
-        inside the block. Leaving the block drops every entry; nested blocks share the
-        outer one.
+        finishes are kept, and a later prompt prefills only the tokens after its longest cached
+        prefix, at any length: the next turn of an episode reuses the whole last turn, a branch
+        forked from an earlier turn (in this call or any later one) reuses everything up to
+        where it forks, and every branch of a node finds it, so a tree of rollouts prefills
+        each shared node once. The cached values belong to the weights that computed them: do
+        not change the weights inside the block. Leaving the block drops every entry; nested
+        blocks share the outer one.
         """
         if self._prefixes is not None or self.prefix_cache_tokens == 0:
             yield self
             return
-        self._prefixes, self._cached_tokens = OrderedDict(), 0
+        self._prefixes = KVPrefixTree(self.prefix_cache_tokens)
         try:
             yield self
         finally:
-            self._prefixes, self._cached_tokens = None, 0
+            self._prefixes = None
 
-    def _lookup_all(self, prompts: list[list[int]]) -> list[tuple[int, _KV | None]]:
-        """For each prompt, the longest cached sequence it continues (at least one new token).
+    @property
+    def cached_prefix_tokens(self) -> int:
+        """Positions whose keys and values the open prefix cache holds (0 outside a block)."""
+        return self._prefixes.tokens if self._prefixes is not None else 0
 
-        An entry that was continued leaves the cache (the longer sequence is remembered when
-        its row finishes), so the cache holds about one entry per live episode; branches of
-        one episode continue it within the same call and all find it.
-        """
-        if not self._prefixes:
-            return [(0, None)] * len(prompts)
-        lengths = sorted({len(key) for key in self._prefixes}, reverse=True)
-        found: list[tuple[int, _KV | None]] = []
-        used: set[tuple[int, ...]] = set()
-        for prompt in prompts:
-            hit: tuple[int, _KV | None] = (0, None)
-            for length in lengths:
-                if length < len(prompt):
-                    key = tuple(prompt[:length])
-                    entry = self._prefixes.get(key)
-                    if entry is not None:
-                        used.add(key)
-                        hit = (length, entry)
-                        break
-            found.append(hit)
-        for key in used:
-            del self._prefixes[key]
-            self._cached_tokens -= len(key)
-        return found
+    def _lookup_all(self, prompts: list[list[int]]) -> list[CachedPrefix]:
+        """For each prompt, the keys and values of its longest cached prefix that leaves at
+        least one token to prefill."""
+        if self._prefixes is None:
+            return [NO_PREFIX] * len(prompts)
+        return [self._prefixes.longest_prefix(prompt) for prompt in prompts]
 
     def _remember(self, sequence: list[int], cache: DynamicCache, attention_mask: torch.Tensor, j: int) -> None:
         """Keep row j's keys and values (its real positions) under the tokens they encode."""
         assert self._prefixes is not None, "only inside prefix_cache()"
-        if len(sequence) > self.prefix_cache_tokens:
-            return
-        real = attention_mask[j].nonzero().squeeze(-1)
-        entry = [(layer.keys[j][:, real], layer.values[j][:, real]) for layer in cache.layers]
-        key = tuple(sequence)
-        if key in self._prefixes:
-            self._cached_tokens -= len(key)
-        self._prefixes[key] = entry
-        self._cached_tokens += len(key)
-        while self._cached_tokens > self.prefix_cache_tokens:
-            oldest, _ = self._prefixes.popitem(last=False)
-            self._cached_tokens -= len(oldest)
+
+        def keys_values_from(start: int) -> KV:
+            # Indexing with a tensor copies: only the positions the cache lacks are kept.
+            real = attention_mask[j].nonzero().squeeze(-1)[start:]
+            return [(layer.keys[j][:, real], layer.values[j][:, real]) for layer in cache.layers]
+
+        self._prefixes.insert(sequence, keys_values_from)
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
@@ -191,7 +169,7 @@ class HFGenerator:
         cached = self._lookup_all(prompts)
         # Sorting (stable, so ties keep their order and the result is deterministic) groups
         # prompts with a similar number of tokens to prefill into the same micro-batch.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) - cached[i][0])
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) - cached[i].length)
         results: list[Completion | None] = [None] * len(prompts)
         was_training = self.model.training
         self.model.eval()
@@ -210,7 +188,7 @@ class HFGenerator:
     def _generate_batch(
         self,
         prompts: list[list[int]],
-        cached: list[tuple[int, _KV | None]],
+        cached: list[CachedPrefix],
         params: SamplingParams,
         noise: torch.Tensor | None,
     ) -> list[Completion]:
@@ -221,20 +199,20 @@ class HFGenerator:
             distinct, source = _first_occurrences([tuple(prompt) for prompt in prompts])
         else:
             distinct, source = list(range(n)), list(range(n))
-        shared = [0 if distinct[source[row]] == row else len(prompts[row]) - cached[row][0]
+        shared = [0 if distinct[source[row]] == row else len(prompts[row]) - cached[row].length
                   for row in range(n)]
         self.shared_prompt_tokens += sum(shared)
         u = len(distinct)
         # Row layout: [padding | cached prefix | padding | new tokens]. The cache holds the
         # first part, the prefill pass feeds the second; with no cached rows it is plain
         # left padding.
-        past = max(cached[row][0] for row in distinct)
-        new = [prompts[row][cached[row][0]:] for row in distinct]
+        past = max(cached[row].length for row in distinct)
+        new = [prompts[row][cached[row].length:] for row in distinct]
         width = max(len(tokens) for tokens in new)
         input_ids = torch.full((u, width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((u, past + width), dtype=torch.long)
         for k, (row, tokens) in enumerate(zip(distinct, new)):
-            length = cached[row][0]
+            length = cached[row].length
             input_ids[k, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
             attention_mask[k, past - length : past] = 1
             attention_mask[k, past + width - len(tokens) :] = 1
@@ -247,7 +225,7 @@ class HFGenerator:
 
         cache = DynamicCache(config=self.model.config)
         if past:
-            self.reused_prompt_tokens += sum(length for length, _ in cached)
+            self.reused_prompt_tokens += sum(prefix.length for prefix in cached)
             stacked = _stack_prefixes([cached[row] for row in distinct], past, self.device)
             for layer, (keys, values) in enumerate(stacked):
                 cache.update(keys, values, layer)
@@ -341,7 +319,7 @@ class HFGenerator:
                 text=self.tokenizer.decode(tokens[row], skip_special_tokens=False),
                 stop_string=stop_strings[row],
                 top_logprobs=tops[row] if params.top_logprobs > 0 else None,
-                prompt_cached_tokens=cached[row][0] + shared[row],
+                prompt_cached_tokens=cached[row].length + shared[row],
             )
             for row in range(n)
         ]
@@ -361,17 +339,21 @@ def _first_occurrences(keys: list[tuple[int, ...]]) -> tuple[list[int], list[int
     return first, source
 
 
-def _stack_prefixes(cached: list[tuple[int, _KV | None]], past: int, device: torch.device) -> _KV:
+def _stack_prefixes(cached: list[CachedPrefix], past: int, device: torch.device) -> KV:
     """Per layer, the batch's cached keys and values [rows, heads, past, dim], left-padded."""
-    template = next(entry for _, entry in cached if entry is not None)
+    template = next(prefix.pieces[0] for prefix in cached if prefix.length)
     stacked = []
     for layer, (keys0, values0) in enumerate(template):
         keys = keys0.new_zeros((len(cached), keys0.shape[0], past, keys0.shape[-1]), device=device)
         values = values0.new_zeros((len(cached), values0.shape[0], past, values0.shape[-1]), device=device)
-        for row, (length, entry) in enumerate(cached):
-            if entry is not None:
-                keys[row, :, past - length :] = entry[layer][0]
-                values[row, :, past - length :] = entry[layer][1]
+        for row, prefix in enumerate(cached):
+            start = past - prefix.length
+            for piece in prefix.pieces:  # consecutive positions, from the first
+                piece_keys, piece_values = piece[layer]
+                end = start + piece_keys.shape[1]
+                keys[row, :, start:end] = piece_keys
+                values[row, :, start:end] = piece_values
+                start = end
         stacked.append((keys, values))
     return stacked
 
