@@ -8,11 +8,16 @@ over from call to call.
 Protocol (host <-> server), on the server's original stdin/stdout, one frame per message:
 
     frame   = struct ">II" (header_len, payload_len) + header (UTF-8 JSON) + payload (bytes)
-    request = {"op": "ping" | "run" | "read_file" | "write_file", ...}
+    request = {"op": "ping" | "run" | "read_file" | "write_file" | "snapshot" | "restore", ...}
     run     : header {"op": "run", "timeout": seconds}, payload = program text (UTF-8)
     result  : header {"status", "exit_code", "duration", "stdout_len", "stdout_total",
                       "stderr_total", "leftover_processes", ...},
               payload = stdout head+tail then stderr head+tail
+    snapshot: header {"op": "snapshot", "timeout": seconds}; answer {"ok": true} with the
+              interpreter state as payload, or {"untransferable": [reasons]} (see
+              state_transfer, which the host passes as source text in the config)
+    restore : header {"op": "restore", "timeout": seconds}, payload = a snapshot; answer
+              {"ok": true, "inexact": [differences]} or {"error": reason}
 
 Per call the server points fds 1 and 2 at fresh pipes drained by reader threads that keep only
 the head and tail of each stream (so a flood costs bounded memory and never blocks the writer),
@@ -41,6 +46,10 @@ import traceback
 _FRAME = struct.Struct(">II")
 _MAX_REQUEST_HEADER = 1 << 20
 _CELL_PREFIX = "<cell "
+_CAPTURE_THREAD = "agentrl-capture"
+# At most this many reasons, of at most this many characters, in an answer header.
+_MAX_REASONS = 10
+_MAX_REASON_CHARS = 300
 # How long a call's end waits for the processes it killed to leave /proc (then the host
 # replaces the sandbox); dying takes milliseconds, more only on a loaded machine.
 _CLEANUP_SECONDS = 1.0
@@ -92,7 +101,7 @@ class _Capture:
         self.read_fd = read_fd
         os.dup2(write_fd, target_fd)
         os.close(write_fd)
-        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread = threading.Thread(target=self._drain, daemon=True, name=_CAPTURE_THREAD)
         self.thread.start()
 
     def _drain(self):
@@ -142,8 +151,13 @@ class _Capture:
 
 
 class Server:
-    def __init__(self, config):
+    def __init__(self, config, transfer=None):
         self.config = config
+        # The state_transfer module (None when the host sent none: forks then replay).
+        self.transfer = transfer
+        self.state_roots = list(config.get("state_roots", ()))
+        self.cell_prefix = _CELL_PREFIX
+        self.capture_thread_prefix = _CAPTURE_THREAD
         self.kill_others = bool(config.get("kill_others")) and os.getuid() != 0
         self.namespace = {"__name__": "__main__", "__builtins__": builtins}
         self.cells = 0
@@ -157,6 +171,9 @@ class Server:
         signal.signal(signal.SIGALRM, _on_alarm)
         signal.signal(signal.SIGUSR2, _on_flood)
         self.main_ident = threading.main_thread().ident
+        # What the server itself holds, so a snapshot can tell what the cells added.
+        self.baseline_fds = {int(fd) for fd in os.listdir("/proc/self/fd") if _is_open(int(fd))}
+        self.baseline_modules = set(sys.modules)
 
     # transport -------------------------------------------------------------------------------
 
@@ -197,6 +214,10 @@ class Server:
                     self._send(*self.read_file(header["path"], int(header["max_bytes"])))
                 elif op == "write_file":
                     self._send(*self.write_file(header["path"], payload))
+                elif op == "snapshot":
+                    self._send(*self.snapshot(float(header["timeout"])))
+                elif op == "restore":
+                    self._send(*self.restore(payload, float(header["timeout"])))
                 else:
                     self._send({"error": "unknown op %r" % (op,)})
             except Exception as exc:  # a server bug must not kill the sandbox silently
@@ -361,6 +382,43 @@ class Server:
             entry for entry in os.listdir("/proc") if entry.isdigit() and int(entry) not in (1, self.pid)
         ]
 
+    # state transfer (exact forks) -------------------------------------------------------------
+
+    def _within(self, action, timeout):
+        """Run `action()` under the same SIGALRM deadline as a cell (pickling runs user code:
+        a __reduce__ or __setstate__ of the program's own classes)."""
+        signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))
+        _Armed.value = True
+        try:
+            return action()
+        finally:
+            _Armed.value = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def snapshot(self, timeout):
+        if self.transfer is None:
+            return {"untransferable": ["this server was started without the state transfer code"]}, b""
+        try:
+            header, blob = self._within(lambda: self.transfer.snapshot(self), timeout)
+        except _Deadline:
+            return {"untransferable": ["copying the state took longer than %g s" % timeout]}, b""
+        except BaseException as exc:  # MemoryError, or a __reduce__ of the program that raised
+            return {"untransferable": ["copying the state failed: %s: %s" % (type(exc).__name__, exc)]}, b""
+        if "untransferable" in header:
+            header = {"untransferable": _bounded(header["untransferable"])}
+        return header, blob
+
+    def restore(self, blob, timeout):
+        if self.transfer is None:
+            return {"error": "this server was started without the state transfer code"}, b""
+        try:
+            header = self._within(lambda: self.transfer.restore(self, blob), timeout)
+        except _Deadline:
+            return {"error": "restoring the state took longer than %g s" % timeout}, b""
+        except BaseException as exc:
+            return {"error": _bounded(["%s: %s" % (type(exc).__name__, exc)])[0]}, b""
+        return {"ok": True, "inexact": _bounded(header["inexact"])}, b""
+
     # files -----------------------------------------------------------------------------------
 
     def read_file(self, path, max_bytes):
@@ -378,6 +436,33 @@ class Server:
         except OSError as exc:
             return {"error": "%s: %s" % (type(exc).__name__, exc)}
         return {"ok": True}, b""
+
+
+def _is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False  # e.g. the descriptor of the /proc/self/fd listing, closed by now
+    return True
+
+
+def _bounded(reasons):
+    """At most `_MAX_REASONS` reasons of bounded length (they travel in a JSON header)."""
+    out = [r if len(r) <= _MAX_REASON_CHARS else r[: _MAX_REASON_CHARS - 3] + "..." for r in reasons]
+    if len(out) > _MAX_REASONS:
+        out = out[: _MAX_REASONS - 1] + ["... and %d more" % (len(out) - _MAX_REASONS + 1)]
+    return out
+
+
+def _load_state_transfer(source):
+    """The state_transfer module from its source text (sent by the host), or None."""
+    if not source:
+        return None
+    module = type(sys)("state_transfer")
+    # Registered before it runs: pickle finds its reconstructors as state_transfer.<name>.
+    sys.modules["state_transfer"] = module
+    exec(compile(source, "state_transfer.py", "exec"), module.__dict__)
+    return module
 
 
 def _install_seccomp(program_hex):
@@ -418,7 +503,8 @@ def main():
         _install_seccomp(config["seccomp"])
     _apply_limits(config)
     sys.argv = [""]
-    Server(config).serve()
+    transfer = _load_state_transfer(config.pop("state_transfer", None))
+    Server(config, transfer).serve()
 
 
 if __name__ == "__main__":

@@ -6,13 +6,18 @@ does the rest, the same way for every backend: the call protocol, the host-side 
 turning every outcome into an `ExecResult`, restarting a dead interpreter on the next call, and
 `fork()`.
 
-Fork design (measured in docs/sandboxes.md): a fork is a fresh sandbox of the same backend and
-limits into which the calls that built the current state are replayed. The alternative, forking
-the server process inside the same container or namespace, is faster, but the two branches would
-then share their files, their process table and their memory bound, so one branch could read or
-kill the other. Isolation comes first; a pool hands out pre-started sandboxes to make forks cheap.
-Replaying is exact for deterministic cells; `fork_exact` is False when a replayed call printed
-something different from the original (random numbers, clocks).
+Fork design (measured in docs/sandboxes.md, "Forks"): a fork is a fresh sandbox of the same
+backend and limits (a warm one from the pool when there is one) into which the parent's
+interpreter state is *copied*: the parent's server pickles its namespace, its random and decimal
+state and the files of its writable dirs (`state_transfer`), the host relays the bytes without
+reading them, and the child's server loads them. So a number the parent drew, a clock it read,
+a file it wrote are the same in the branch (`fork_exact` True). What cannot be copied (an open
+file, a generator, a running thread, ...) makes the fork *replay* the parent's calls in the fresh
+sandbox instead, which is exact only for deterministic cells: `fork_exact` is then False and
+`fork_note` says why. Forking the server process inside the parent's container or namespaces
+would be exact and faster, but the two branches would share their files, process table and
+memory bound (one could read or kill the other), and a process cannot be moved into another
+sandbox's namespaces afterwards; isolation comes first.
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ from agentrl.sandboxes.result import STATUSES, ExecResult, decode_output
 from agentrl.sandboxes.transport import Channel, ChannelClosed, ChannelTimeout, ProtocolError
 
 SERVER_SOURCE = (Path(__file__).with_name("repl_server.py")).read_text()
+# Handed to the server in its config; it copies and restores interpreter state for `fork()`.
+STATE_TRANSFER_SOURCE = (Path(__file__).with_name("state_transfer.py")).read_text()
 WORKDIR = "/workspace"
+# The sandbox's writable dirs: their files are part of the state a fork copies.
+STATE_ROOTS = (WORKDIR, "/tmp", "/dev/shm")
+_MIB = 1024 * 1024
 # Variables the sandboxed program sees; nothing of the host environment is passed through.
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -51,6 +61,11 @@ SANDBOX_ENV = {
 }
 
 _LIVE: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+
+class _CopyRejected(Exception):
+    """The fork's sandbox could not load the parent's state (the fork replays instead)."""
+
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
 
@@ -91,7 +106,10 @@ class Sandbox(abc.ABC):
     def __init__(self, limits: Limits | None = None, *, metrics: SandboxMetrics | None = None):
         self.limits = limits or Limits()
         self.metrics = metrics
+        # For a sandbox made by `fork()`: whether its state is exactly its parent's, and if
+        # not, why (what could not be copied, or what differs).
         self.fork_exact = True
+        self.fork_note = ""
         # Set by a pool: returns a started sandbox of the same configuration for `fork()`.
         self.fork_source: Callable[[], Sandbox] | None = None
         # Set by a pool: told once when this sandbox is closed, so the pool can refill.
@@ -128,6 +146,8 @@ class Sandbox(abc.ABC):
             "workdir": WORKDIR,
             "nice": 10,
             "rlimits": {"RLIMIT_CORE": 0},
+            "state_transfer": STATE_TRANSFER_SOURCE,
+            "state_roots": list(STATE_ROOTS),
         }
 
     # ---- life cycle --------------------------------------------------------------------------
@@ -384,32 +404,133 @@ class Sandbox(abc.ABC):
     # ---- fork --------------------------------------------------------------------------------
 
     def fork(self) -> Sandbox:
-        """A new, independent sandbox holding a copy of this one's interpreter state.
+        """A new, independent sandbox holding this one's interpreter state.
 
-        The copy is built by replaying this sandbox's calls in a fresh sandbox (see the module
-        docstring for why). `fork_exact` on the result says whether every replayed call printed
-        what the original printed. The caller owns (and must close) the returned sandbox.
+        The state is copied into a fresh sandbox (a warm one from the pool this sandbox came
+        from, if any): variables, functions and classes defined in cells, imported modules,
+        random's and decimal's state, the current dir, the environment, and the files of the work
+        dir, /tmp and /dev/shm. `fork_exact` on the result is True when the copy equals this
+        sandbox's state. When something cannot be copied (an open file, a generator, a thread
+        still running, ...), the fork replays this sandbox's calls instead: `fork_exact` is False
+        and `fork_note` names what could not be copied. A sandbox whose interpreter was lost (a
+        call reported `state_lost`) or never started forks into a fresh one.
+
+        Raises:
+            SandboxClosedError: this sandbox was closed.
+            SandboxError: its interpreter died since its last call (its state is gone; the next
+                `run` starts a fresh one), or did not answer the copy request.
+
+        The caller owns (and must close) the returned sandbox.
         """
         with self._lock:
             self._check_open()
             history = list(self._history)
-        child = self.fork_source() if self.fork_source is not None else self._spawn().start()
-        child.fork_source = self.fork_source
-        exact = self.fork_exact
+            running = self._channel is not None
+            snapshot, why = self._snapshot() if running else (None, "")
+        child = self._fork_target()
         try:
-            for call in history:
-                if call.op == "write_file":
-                    child.write_file(call.path, call.data, timeout=call.timeout)
-                    continue
-                with child._lock:
-                    result = child._run_locked(call.data, call.timeout, time.monotonic(), True)
-                if _digest(result) != call.digest:
-                    exact = False
+            if not running:  # an empty state, the same as the fresh sandbox's
+                return child
+            if snapshot is not None:
+                try:
+                    differences = child._restore(snapshot)
+                except _CopyRejected as exc:
+                    child.close()
+                    child = self._fork_target()
+                    why = f"the new sandbox could not load the copy ({exc})"
+                else:
+                    child._history = history
+                    child.fork_exact = not differences
+                    child.fork_note = "; ".join(differences)
+                    return child
+            differing = child._replay(history)
+            child.fork_exact = False
+            child.fork_note = f"replayed {len(history)} call(s) instead of copying the state: {why}"
+            if differing:
+                child.fork_note += f"; {differing} replayed call(s) printed something different"
+            return child
         except BaseException:
             child.close()
             raise
-        child.fork_exact = exact
+
+    def _fork_target(self) -> Sandbox:
+        """A started sandbox with the same settings for a fork: from the pool, or a new one."""
+        child = self.fork_source() if self.fork_source is not None else self._spawn().start()
+        child.fork_source = self.fork_source
         return child
+
+    def _snapshot(self) -> tuple[bytes | None, str]:
+        """(the interpreter state as opaque bytes, "") or (None, why it cannot be copied).
+
+        Called with the lock held and the interpreter running. The bytes are pickles made by
+        sandboxed code: the host never loads them, it only hands them to the fork's server.
+        """
+        assert self._channel is not None
+        timeout = self.limits.start_timeout
+        # The state lives in the server's memory, so it cannot be larger than the memory bound.
+        max_payload = self.limits.memory_mb * _MIB + 1024
+        try:
+            answer, blob = self._channel.request(
+                {"op": "snapshot", "timeout": timeout}, b"", time.monotonic() + timeout + self.limits.grace, max_payload
+            )
+        except ChannelClosed:
+            exit_code, oom = self._death()
+            self._discard()
+            how = "was killed for using more than its memory limit" if oom else f"exited (code {exit_code})"
+            raise SandboxError(
+                f"cannot fork this {self.backend} sandbox: its interpreter {how} after its last call, "
+                "so the state to copy is gone; the next run() starts a fresh interpreter"
+            ) from None
+        except (ChannelTimeout, ProtocolError) as exc:
+            self._discard()
+            raise SandboxError(
+                f"cannot fork this {self.backend} sandbox: its interpreter did not answer the request "
+                f"for its state ({type(exc).__name__}: {exc}); it was stopped, and the next run() "
+                "starts a fresh one"
+            ) from None
+        if answer.get("ok") is True:
+            return blob, ""
+        reasons = answer.get("untransferable")
+        if isinstance(reasons, list) and reasons and all(isinstance(r, str) for r in reasons):
+            return None, "; ".join(reasons)[:4000]
+        return None, f"the sandbox answered the request for its state with {str(answer)[:300]}"
+
+    def _restore(self, snapshot: bytes) -> list[str]:
+        """Load a parent's snapshot into this (fresh) sandbox; return what differs from the
+        parent (empty when the copy is exact). Raises _CopyRejected when it could not load it
+        (this sandbox is then in an unknown state and must be closed)."""
+        timeout = self.limits.start_timeout
+        with self._lock:
+            self._check_open()
+            if self._channel is None:
+                self._launch_and_ping()
+            assert self._channel is not None
+            try:
+                answer, _ = self._channel.request(
+                    {"op": "restore", "timeout": timeout}, snapshot, time.monotonic() + timeout + self.limits.grace, 0
+                )
+            except (ChannelClosed, ChannelTimeout, ProtocolError) as exc:
+                self._discard()
+                raise _CopyRejected(f"{type(exc).__name__}: {exc}") from None
+        differences = answer.get("inexact")
+        if answer.get("ok") is True and isinstance(differences, list):
+            return [str(d) for d in differences]
+        raise _CopyRejected(str(answer.get("error") or answer)[:500])
+
+    def _replay(self, history: list[_Call]) -> int:
+        """Run `history` (a parent's calls) again here; return how many printed something
+        different from the original."""
+        differing = 0
+        for call in history:
+            if call.op == "write_file":
+                self.write_file(call.path, call.data, timeout=call.timeout)
+                continue
+            with self._lock:
+                self._check_open()
+                result = self._run_locked(call.data, call.timeout, time.monotonic(), True)
+            if _digest(result) != call.digest:
+                differing += 1
+        return differing
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:

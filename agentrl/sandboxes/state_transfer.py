@@ -1,0 +1,612 @@
+"""Copying a REPL server's interpreter state into another sandbox: what makes `fork()` exact.
+
+Runs inside the sandbox. Like `repl_server`, this file is standard library only and is handed to
+the sandbox as source text (the server loads it as the module ``state_transfer`` before it
+answers its first ping); the host never imports or runs it. The host relays the bytes from the
+parent's server to the child's server without reading them: only sandboxed code unpickles them,
+in the child, which belongs to the same trajectory as the parent.
+
+A snapshot has two parts, each a pickle:
+
+- ``meta`` (plain data): the files under the writable roots (work dir, /tmp, /dev/shm) with their
+  modes, modification times and directory listing order; the current directory, the environment,
+  the umask, ``sys.path``, the recursion limit; the modules imported since the server started, in
+  import order; the cell counter and the cells' source lines (for tracebacks);
+- ``live``: the cell namespace, random's state (and numpy's legacy global state when numpy is
+  imported) and decimal's context, written by `StatePickler`, which copies what plain pickle
+  cannot: functions, classes and lambdas defined in cells (their code objects through marshal,
+  their closures with shared cells kept shared), modules (by name), and objects that are
+  attributes of an imported module (``random.random``'s generator, ``dataclasses.MISSING``,
+  ``sys.stdout``) by reference, so identity checks keep working in the copy. Sets are rebuilt in
+  the parent's iteration order and checked.
+
+The child restores ``meta`` first (files, then imports), then ``live``. What a snapshot cannot
+hold (an open file, a generator, a thread still running, a raw file descriptor, a fifo, a module
+imported from the work dir) is named in the answer instead, and the host falls back to replaying
+the parent's calls. Restoring that cannot reproduce something exactly (a set whose order depends
+on object addresses) says so, and the fork is marked inexact.
+"""
+
+import _pickle
+import importlib
+import io
+import linecache
+import marshal
+import os
+import stat
+import struct
+import sys
+import threading
+import types
+
+FORMAT = 1
+_LENGTH = struct.Struct(">Q")
+# Types whose identity never matters: never looked up in the module-attribute table.
+_VALUES = frozenset({int, float, complex, str, bytes, bool, type(None), tuple, range, slice})
+# Types pickle already writes by reference (modules, classes, functions are handled apart).
+_BY_NAME = frozenset({types.ModuleType, types.FunctionType, types.BuiltinFunctionType})
+_REORDER_SUFFIX = ".agentrl-reorder"
+
+
+class Untransferable(Exception):
+    """Something in the interpreter cannot be copied; the message names it."""
+
+
+class _EmptyCell:
+    """Marks a closure cell that holds no value yet (a name assigned later in the outer scope)."""
+
+
+# ---- reconstructors (the child calls these while unpickling; they must stay module-level) ----
+
+
+def _load_code(data):
+    return marshal.loads(data)
+
+
+def _make_cell():
+    return types.CellType()
+
+
+def _make_function(code, globals_, name, closure):
+    return types.FunctionType(code, globals_, name, None, closure)
+
+
+def _set_function_state(function, state):
+    function.__defaults__ = state["defaults"]
+    function.__kwdefaults__ = state["kwdefaults"]
+    function.__qualname__ = state["qualname"]
+    function.__module__ = state["module"]
+    function.__doc__ = state["doc"]
+    function.__annotations__ = state["annotations"]
+    function.__dict__.update(state["dict"])
+    for cell, value in zip(function.__closure__ or (), state["closure"]):
+        if value is not _EmptyCell:
+            cell.cell_contents = value
+
+
+def _make_class(metaclass, name, bases, skeleton):
+    return metaclass(name, bases, dict(skeleton))
+
+
+def _set_class_state(cls, state):
+    abstract = state.pop("__abstractmethods__", None)
+    for key, value in state.items():
+        setattr(cls, key, value)
+    if abstract is not None:
+        cls.__abstractmethods__ = abstract
+
+
+def _make_cached_property(function, attrname):
+    import functools
+
+    prop = functools.cached_property(function)
+    prop.attrname = attrname
+    return prop
+
+
+# ---- what counts as the user's ----------------------------------------------------------------
+
+
+def _under(path, roots):
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def _user_module(module, roots):
+    """Whether `module` was loaded from a file the sandboxed program could write."""
+    path = getattr(module, "__file__", None)
+    return isinstance(path, str) and _under(os.path.abspath(path), roots)
+
+
+def _importable(obj):
+    """Whether pickle can find `obj` again by its module and qualified name."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    target = module
+    for part in (getattr(obj, "__qualname__", "") or "<none>").split("."):
+        if target is None or part == "<locals>":
+            return False
+        target = getattr(target, part, None)
+    return target is obj
+
+
+def _module_attributes():
+    """id(object) -> (module name, attribute) for the objects imported modules hold, and
+    id(module dict) -> module name; so the copy refers to the child's own objects."""
+    objects, dicts = {}, {}
+    for name, module in list(sys.modules.items()):
+        if not isinstance(module, types.ModuleType):
+            continue
+        dicts[id(module.__dict__)] = name
+        for attribute, value in list(module.__dict__.items()):
+            kind = type(value)
+            if kind in _VALUES or kind in _BY_NAME or isinstance(value, type):
+                continue
+            objects.setdefault(id(value), (name, attribute))
+    return objects, dicts
+
+
+class StatePickler(_pickle.Pickler):
+    """A pickler for a cell namespace (see the module docstring for what it adds)."""
+
+    def __init__(self, file, namespace, roots):
+        super().__init__(file, protocol=5)
+        self.namespace = namespace
+        self.roots = roots
+        self.attributes, self.module_dicts = _module_attributes()
+        self.sets = {}
+        self.alive = []
+
+    def persistent_id(self, obj):
+        kind = type(obj)
+        if kind in _VALUES:
+            return None
+        if kind is dict:
+            if obj is self.namespace:
+                return ("namespace",)
+            name = self.module_dicts.get(id(obj))
+            if name is not None:
+                return ("module_dict", name)
+        elif kind is set or kind is frozenset:
+            index = self.sets.get(id(obj))
+            if index is not None:
+                return ("set_ref", index)
+            self.sets[id(obj)] = index = len(self.sets)
+            self.alive.append(obj)  # a set made by a __reduce__ must not free its id mid-dump
+            return ("set", index, kind is frozenset, list(obj))
+        reference = self.attributes.get(id(obj))
+        if reference is not None:
+            return ("attribute",) + reference
+        return None
+
+    def reducer_override(self, obj):
+        kind = type(obj)
+        if kind is types.FunctionType:
+            return self._reduce_function(obj)
+        if isinstance(obj, type):
+            return self._reduce_class(obj)
+        if kind is types.ModuleType:
+            return self._reduce_module(obj)
+        if kind is types.CodeType:
+            return _load_code, (marshal.dumps(obj),)
+        if kind is types.CellType:
+            return _make_cell, ()
+        if kind is property:
+            return property, (obj.fget, obj.fset, obj.fdel, obj.__doc__)
+        if kind is staticmethod or kind is classmethod:
+            return kind, (obj.__func__,)
+        if kind.__name__ == "cached_property" and kind.__module__ == "functools":
+            return _make_cached_property, (obj.func, obj.attrname)
+        return NotImplemented
+
+    def _reduce_function(self, function):
+        if _importable(function):
+            return NotImplemented
+        closure = function.__closure__ or ()
+        state = {
+            "defaults": function.__defaults__,
+            "kwdefaults": function.__kwdefaults__,
+            "qualname": function.__qualname__,
+            "module": function.__module__,
+            "doc": function.__doc__,
+            "annotations": function.__annotations__,
+            "dict": function.__dict__,
+            "closure": tuple(_cell_value(cell) for cell in closure),
+        }
+        # The cells are created empty with the function and filled from its state, after the
+        # function is in pickle's memo: a closure may refer to the function itself.
+        args = (function.__code__, function.__globals__, function.__name__, closure or None)
+        return _make_function, args, state, None, None, _set_function_state
+
+    def _reduce_class(self, cls):
+        if _importable(cls):
+            return NotImplemented
+        metaclass = type(cls)
+        if metaclass is not type and metaclass.__qualname__ != "ABCMeta":
+            raise Untransferable(
+                "class %s has the metaclass %s, which cannot be copied" % (cls.__qualname__, metaclass.__qualname__)
+            )
+        slots = cls.__dict__.get("__slots__")
+        slot_names = {slots} if isinstance(slots, str) else set(slots or ())
+        skeleton = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        if slots is not None:
+            skeleton["__slots__"] = slots
+        skip = {"__dict__", "__weakref__", "_abc_impl", "__module__", "__slots__"} | slot_names
+        state = {key: value for key, value in cls.__dict__.items() if key not in skip}
+        return _make_class, (metaclass, cls.__name__, cls.__bases__, skeleton), state, None, None, _set_class_state
+
+    def _reduce_module(self, module):
+        name = getattr(module, "__name__", None)
+        if sys.modules.get(name) is not module:
+            raise Untransferable("the module object %r is not an imported module" % (name,))
+        if _user_module(module, self.roots):
+            raise Untransferable("module %s was imported from %s" % (name, module.__file__))
+        return importlib.import_module, (name,)
+
+
+def _cell_value(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _EmptyCell
+
+
+class StateUnpickler(_pickle.Unpickler):
+    """Reads what `StatePickler` wrote, into the child's namespace."""
+
+    def __init__(self, file, namespace):
+        super().__init__(file)
+        self.namespace = namespace
+        self.sets = {}
+        self.set_items = []
+
+    def persistent_load(self, pid):
+        kind = pid[0]
+        if kind == "namespace":
+            return self.namespace
+        if kind == "module_dict":
+            return importlib.import_module(pid[1]).__dict__
+        if kind == "attribute":
+            return getattr(importlib.import_module(pid[1]), pid[2])
+        if kind == "set_ref":
+            if pid[1] not in self.sets:
+                # A set that contains (through other objects) a reference to itself: an empty
+                # placeholder now, filled when its own entry has been read.
+                self.sets[pid[1]] = set()
+            return self.sets[pid[1]]
+        if kind == "set":
+            _, index, frozen, items = pid
+            if frozen:
+                if index in self.sets:
+                    raise pickle_error("a frozenset refers to itself")
+                made = self.sets[index] = frozenset(items)
+            else:
+                made = self.sets.setdefault(index, set())
+                made.update(items)
+            self.set_items.append((made, items))
+            return made
+        raise pickle_error("unknown persistent id %r" % (kind,))
+
+
+def pickle_error(message):
+    return _pickle.UnpicklingError(message)
+
+
+def _same_order(made, items):
+    return len(made) == len(items) and all(a is b for a, b in zip(made, items))
+
+
+def _fix_set_orders(set_items):
+    """Make every rebuilt set iterate in the parent's order; describe the ones that cannot."""
+    problems = []
+    for made, items in set_items:
+        if _same_order(made, items):
+            continue
+        if type(made) is set:
+            # Same elements, another table size: build it again presized to the element count.
+            made.clear()
+            made.update(dict.fromkeys(items))
+            if _same_order(made, items):
+                continue
+            made.clear()
+            made.update(items)
+        kinds = sorted({type(item).__name__ for item in items})
+        problems.append(
+            "a %s of %d %s object(s) iterates in another order than in the parent (their hashes "
+            "depend on memory addresses or on the set's history)" % (type(made).__name__, len(items), "/".join(kinds))
+        )
+    return problems
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+
+def _collect_files(roots, problems):
+    """The files under `roots`: {"roots": [(root, mode, mtime_ns)], "listings": {directory:
+    names in listing order}, "entries": {path: (kind, mode, mtime_ns, data)}}."""
+    tree = {"roots": [], "listings": {}, "entries": {}}
+    inodes = {}
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        info = os.lstat(root)
+        tree["roots"].append((root, info.st_mode, info.st_mtime_ns))
+        stack = [root]
+        while stack:
+            directory = stack.pop()
+            names = tree["listings"][directory] = os.listdir(directory)
+            for name in names:
+                path = os.path.join(directory, name)
+                try:
+                    entry = _read_entry(path, inodes)
+                except OSError as exc:
+                    problems.append("cannot read %s: %s" % (path, _short(exc)))
+                    continue
+                if entry is None:
+                    problems.append("%s is a special file (fifo, socket or device)" % path)
+                    continue
+                tree["entries"][path] = entry
+                if entry[0] == "dir":
+                    stack.append(path)
+    return tree
+
+
+def _read_entry(path, inodes):
+    info = os.lstat(path)
+    mode, mtime = info.st_mode, info.st_mtime_ns
+    if stat.S_ISDIR(mode):
+        return ("dir", mode, mtime, None)
+    if stat.S_ISLNK(mode):
+        return ("symlink", mode, mtime, os.readlink(path))
+    if not stat.S_ISREG(mode):
+        return None
+    key = (info.st_dev, info.st_ino)
+    if info.st_nlink > 1 and key in inodes:
+        return ("hardlink", mode, mtime, inodes[key])
+    inodes[key] = path
+    with open(path, "rb") as f:
+        return ("file", mode, mtime, f.read())
+
+
+def _clear(directory):
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            _clear(path)
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+
+
+def _restore_files(tree, roots, problems):
+    """Make the files under `roots` what `tree` describes: contents, modes, times, listing order."""
+    listings, entries = tree["listings"], tree["entries"]
+    hardlinks, directories = [], []
+
+    def fill(directory):
+        # Newest first: tmpfs lists the most recently created entry first; `_reorder` fixes
+        # the order on kernels that do otherwise.
+        for name in reversed(listings.get(directory, ())):
+            path = os.path.join(directory, name)
+            if path not in entries:
+                continue
+            kind, mode, mtime, data = entries[path]
+            if kind == "dir":
+                os.mkdir(path)
+                fill(path)
+                directories.append((path, mode, mtime))
+            elif kind == "symlink":
+                os.symlink(data, path)
+                os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+            elif kind == "hardlink":
+                hardlinks.append((data, path))
+            else:
+                with open(path, "wb") as f:
+                    f.write(data)
+                os.chmod(path, stat.S_IMODE(mode))
+                os.utime(path, ns=(mtime, mtime))
+
+    for root in roots:
+        if os.path.isdir(root):
+            _clear(root)
+    for root, _, _ in tree["roots"]:
+        fill(root)
+    for target, path in hardlinks:
+        os.link(target, path)
+    for directory, names in listings.items():
+        if os.listdir(directory) != names and not _reorder(directory, names):
+            problems.append("the entries of %s are listed in another order than in the parent" % directory)
+    # Directory modes and times last (creating entries changes them), children before parents.
+    for path, mode, mtime in directories:
+        os.chmod(path, stat.S_IMODE(mode))
+        os.utime(path, ns=(mtime, mtime))
+    for root, mode, mtime in tree["roots"]:
+        try:
+            os.chmod(root, stat.S_IMODE(mode))
+            os.utime(root, ns=(mtime, mtime))
+        except OSError:
+            pass  # a root that belongs to another user (/tmp in a container) keeps its own
+
+
+def _reorder(directory, names):
+    """Rename entries in place until `directory` lists them as `names` (a rename moves an entry
+    to one end of the listing; which end depends on the kernel). Whether it worked."""
+    for sequence in (list(reversed(names)), list(names)):
+        for name in sequence:
+            path = os.path.join(directory, name)
+            os.rename(path, path + _REORDER_SUFFIX)
+            os.rename(path + _REORDER_SUFFIX, path)
+        if os.listdir(directory) == names:
+            return True
+    return False
+
+
+# ---- process-wide state -----------------------------------------------------------------------
+
+
+def _running_threads(server):
+    own = {server.main_ident}
+    return [
+        thread.name
+        for thread in threading.enumerate()
+        if thread.ident not in own and not thread.name.startswith(server.capture_thread_prefix)
+    ]
+
+
+def _extra_fds(server):
+    """File descriptors opened by cells and still open (they cannot be copied)."""
+    names = os.listdir("/proc/self/fd")
+    found = []
+    for name in names:
+        fd = int(name)
+        if fd in server.baseline_fds:
+            continue
+        try:
+            target = os.readlink("/proc/self/fd/%d" % fd)
+        except OSError:
+            continue  # the descriptor of the listing itself, closed by now
+        found.append("file descriptor %d is open (%s)" % (fd, target))
+    return found
+
+
+def _live_extras():
+    """Generator and context state kept in modules rather than in the namespace."""
+    extras = {}
+    if "random" in sys.modules:
+        extras["random"] = sys.modules["random"].getstate()
+    if "decimal" in sys.modules:
+        extras["decimal"] = sys.modules["decimal"].getcontext()
+    if "numpy.random" in sys.modules:
+        extras["numpy"] = sys.modules["numpy.random"].get_state()
+    if "warnings" in sys.modules:
+        extras["warnings"] = list(sys.modules["warnings"].filters)
+    return extras
+
+
+def _apply_live_extras(extras):
+    if "random" in extras:
+        importlib.import_module("random").setstate(extras["random"])
+    if "decimal" in extras:
+        importlib.import_module("decimal").setcontext(extras["decimal"])
+    if "numpy" in extras:
+        importlib.import_module("numpy.random").set_state(extras["numpy"])
+    if "warnings" in extras:
+        warnings = importlib.import_module("warnings")
+        warnings.filters[:] = extras["warnings"]
+        warnings._filters_mutated()
+
+
+def _logging_handlers():
+    """Loggers with handlers: their streams and locks cannot be copied, and a copy without them
+    would print differently."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return []
+    loggers = [logging.root] + list(logging.Logger.manager.loggerDict.values())
+    return [
+        "logging is configured (the %s logger has handlers)" % logger.name
+        for logger in loggers
+        if isinstance(logger, logging.Logger) and logger.handlers
+    ]
+
+
+def _dump_live(live, namespace, roots):
+    buffer = io.BytesIO()
+    StatePickler(buffer, namespace, roots).dump(live)
+    return buffer.getvalue()
+
+
+def _why_not_picklable(namespace, roots):
+    """Which names of the namespace cannot be copied, one line each (slow; only on failure)."""
+    found = []
+    for name, value in list(namespace.items()):
+        if name == "__builtins__":
+            continue
+        try:
+            StatePickler(io.BytesIO(), namespace, roots).dump(value)
+        except Exception as exc:
+            found.append("%s: %s" % (name, _short(exc)))
+    return found
+
+
+def _short(exc):
+    text = "%s: %s" % (type(exc).__name__, exc)
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+# ---- the two operations -----------------------------------------------------------------------
+
+
+def snapshot(server):
+    """The parent's side: ({"ok": True}, blob) or ({"untransferable": [reasons]}, b"")."""
+    roots = server.state_roots
+    problems = ["a thread started by a cell is still running (%s)" % name for name in _running_threads(server)]
+    problems += _extra_fds(server)
+    problems += _logging_handlers()
+    modules = []
+    for name, module in list(sys.modules.items()):
+        if name in server.baseline_modules or not isinstance(module, types.ModuleType):
+            continue
+        if _user_module(module, roots):
+            problems.append("module %s was imported from %s" % (name, module.__file__))
+        modules.append(name)
+    files = _collect_files(roots, problems)
+    if problems:
+        return {"untransferable": problems}, b""
+    meta = {
+        "format": FORMAT,
+        "python": sys.version,
+        "files": files,
+        "cwd": os.getcwd(),
+        "environ": dict(os.environ),
+        "umask": _umask(),
+        "path": list(sys.path),
+        "recursion_limit": sys.getrecursionlimit(),
+        "modules": modules,
+        "cells": server.cells,
+        "lines": {key: value for key, value in linecache.cache.items() if key.startswith(server.cell_prefix)},
+    }
+    live = {"namespace": dict(server.namespace), "extras": _live_extras()}
+    try:
+        live_blob = _dump_live(live, server.namespace, roots)
+    except Exception as exc:
+        reasons = _why_not_picklable(server.namespace, roots) or [_short(exc)]
+        return {"untransferable": reasons}, b""
+    meta_blob = _pickle.dumps(meta, protocol=5)
+    return {"ok": True}, _LENGTH.pack(len(meta_blob)) + meta_blob + live_blob
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def restore(server, blob):
+    """The child's side: replace this server's state with the snapshot's.
+
+    Returns {"ok": True, "inexact": [what differs from the parent]}; raises on anything that
+    makes the copy unusable (the host then discards this sandbox).
+    """
+    (meta_len,) = _LENGTH.unpack_from(blob)
+    meta = _pickle.loads(blob[_LENGTH.size : _LENGTH.size + meta_len])
+    if meta.get("format") != FORMAT or meta.get("python") != sys.version:
+        raise RuntimeError("the snapshot was made by another interpreter (%s)" % meta.get("python"))
+    problems = []
+    _restore_files(meta["files"], server.state_roots, problems)
+    os.chdir(meta["cwd"])
+    os.environ.clear()
+    os.environ.update(meta["environ"])
+    os.umask(meta["umask"])
+    sys.path[:] = meta["path"]
+    sys.setrecursionlimit(meta["recursion_limit"])
+    for name in meta["modules"]:
+        if name not in sys.modules:
+            importlib.import_module(name)
+    unpickler = StateUnpickler(io.BytesIO(memoryview(blob)[_LENGTH.size + meta_len :]), server.namespace)
+    live = unpickler.load()
+    server.namespace.clear()
+    server.namespace.update(live["namespace"])
+    _apply_live_extras(live["extras"])
+    server.cells = meta["cells"]
+    linecache.cache.update(meta["lines"])
+    problems += _fix_set_orders(unpickler.set_items)
+    return {"ok": True, "inexact": problems}
