@@ -334,3 +334,34 @@ def test_a_short_seeded_tree_grpo_run_raises_reward(tmp_path, tiny_model_dir):
     assert len(group) == 6 and {line["group_id"] for line in group} == {0}
     assert all(line["node_path"] == [s["node_id"] for s in line["steps"]] for line in group)
     assert all(isinstance(line["advantage"], float) for line in group)
+
+
+def test_tool_calls_run_once_per_node_and_branches_inherit_the_results(policy):
+    """On SearchQA (a ToolEnv with a search tool): the prefix's searches are not run again in a
+    branch, so the calls executed equal the calls in distinct nodes, and the logged tool metrics
+    count each shared turn once."""
+    from agentrl.envs import make_env
+    from agentrl.rollout import oracle_policy
+    from agentrl.training.tool_metrics import tool_metrics
+
+    _, tokenizer = policy
+
+    def searchqa():
+        return make_env("agentrl/SearchQA-v0", worlds="per_episode", max_turns=4, topk=1)
+
+    with RolloutEngine(None, tokenizer, SamplingParams(seed=1)) as engine:
+        groups = engine.run(searchqa, [{"seed": s} for s in range(3)], TreeStrategy(m=2, n=2, l=1),
+                            policy=oracle_policy(tokenizer, mistake_rate=0.5, mistake_at="any", seed=1))
+    for group in groups:
+        trajs = group.trajectories
+        nodes = {s.node_id: s for t in trajs for s in t.steps}
+        calls_in_nodes = sum(len(s.info.get("tool_calls", [])) for s in nodes.values())
+        assert calls_in_nodes > 0 and group.budget["tool_calls"] == calls_in_nodes
+        # A branch holds its parent's observations (search results) for the shared turns.
+        for t in trajs:
+            for s in t.steps:
+                assert s.observation == nodes[s.node_id].observation
+        metrics = tool_metrics(trajs)
+        assert metrics["tools/search/calls"] == calls_in_nodes
+        leaves_calls = sum(len(s.info.get("tool_calls", [])) for t in trajs for s in t.steps)
+        assert leaves_calls > calls_in_nodes  # what counting per leaf would have said
