@@ -288,6 +288,7 @@ class RLTrainer:
             "perf/prompt_tokens_cached": float(budget["tokens/prompt_cached"]),
             # Budgets of branched sampling: what each trajectory cost.
             "perf/branch_s": float(budget["time/branch"]),
+            "rollout/generated_tokens": float(budget["tokens/generated"]),
             "rollout/env_steps": float(budget["env_steps"]),
             "rollout/branches": float(budget["branches"]),
             "rollout/replayed_branches": float(budget["branches/replayed"]),
