@@ -1,0 +1,114 @@
+"""Tree-GRPO against GRPO on SearchQA at an equal rollout budget: held-out EM, several seeds.
+
+Both arms start from the same SFT checkpoint (the search demo's warm-up, written once by
+`agentrl sft recipes/searchqa_grpo.yaml`) and run the same number of iterations over the same
+questions per iteration:
+
+- `grpo`: recipes/searchqa_grpo.yaml with G = 4 chains per question;
+- `tree_grpo`: recipes/searchqa_tree_grpo.yaml, 2 trees x (1 chain + 2 branches) = 6 leaves per
+  question, which costs about the generated tokens and searches of 4 chains (branches inherit
+  their prefix), the paper's equal-budget setting.
+
+Each run evaluates on the 300 held-out questions before and after RL. The JSON result holds every
+run's before/after EM, its generated tokens, searches executed, trajectories trained on and wall
+time; the printed table gives each arm's mean and standard error over seeds.
+
+    python benchmarks/tree_vs_chain_learning.py --sft runs/sft/sft_model --seeds 0 1 2 \\
+        --iterations 150 --jobs 2 --out-dir runs/tree-vs-chain
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ARMS = {
+    "grpo": ["recipes/searchqa_grpo.yaml", "rollout.group_size=4"],
+    "tree_grpo": ["recipes/searchqa_tree_grpo.yaml"],
+}
+
+
+def run_arm(arm: str, seed: int, sft: Path, iterations: int, out_dir: Path, extra: list[str]) -> dict:
+    name = f"{arm}-seed{seed}"
+    recipe, *settings = ARMS[arm]
+    command = [sys.executable, "-m", "agentrl.cli", "train", recipe, *settings,
+               f"model.path={sft}", "sft.demos=0", f"train.iterations={iterations}",
+               "train.eval_every=0", f"run.seed={seed}", f"run.name={name}",
+               f"run.out_dir={out_dir}", "run.torch_threads=1", *extra]
+    started = time.perf_counter()
+    with (out_dir / f"{name}.log").open("w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - started
+    results = json.loads((out_dir / name / "results.json").read_text())
+    metrics = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
+    rl = [m for m in metrics if "rollout/generated_tokens" in m]
+    total = lambda key: float(sum(m.get(key, 0.0) for m in rl))  # noqa: E731
+    return {
+        "arm": arm, "seed": seed, "wall_s": wall, "command": " ".join(command[3:]),
+        "em_before": results["before RL"]["success"], "em_after": results["after RL"]["success"],
+        "generated_tokens": total("rollout/generated_tokens"),
+        "search_calls": total("tools/calls"),
+        "trajectories": total("rollout/trajectories"),
+        "tool_calls_per_episode_after": results["after RL"].get("mean_tool_calls"),
+        "results": results,
+    }
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| arm | seeds | held-out EM before | EM after | gain (points) | generated tokens (M) "
+             "| searches run (k) | trajectories trained (k) | wall (min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        mine = [r for r in rows if r["arm"] == arm]
+        if not mine:
+            continue
+        cells = []
+        for key, scale in (("em_before", 100), ("em_after", 100)):
+            m, se = mean_se([r[key] * scale for r in mine])
+            cells.append(f"{m:.1f} ± {se:.1f}")
+        m, se = mean_se([(r["em_after"] - r["em_before"]) * 100 for r in mine])
+        cells.append(f"{m:+.1f} ± {se:.1f}")
+        for key, scale in (("generated_tokens", 1e-6), ("search_calls", 1e-3), ("trajectories", 1e-3),
+                           ("wall_s", 1 / 60)):
+            cells.append(f"{mean_se([r[key] * scale for r in mine])[0]:.2f}")
+        lines.append(f"| {arm} | {', '.join(str(r['seed']) for r in mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sft", type=Path, required=True, help="the SFT checkpoint both arms start from")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at the same time")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/tree-vs-chain"))
+    parser.add_argument("overrides", nargs="*", help="section.field=value passed to every run")
+    args = parser.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda job: run_arm(job[0], job[1], args.sft, args.iterations,
+                                                 args.out_dir, args.overrides), jobs))
+    out = args.out_dir / "tree_vs_chain_learning.json"
+    out.write_text(json.dumps({"iterations": args.iterations, "sft": str(args.sft), "runs": rows}, indent=2))
+    print(markdown(rows))
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    main()
