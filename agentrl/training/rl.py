@@ -309,7 +309,7 @@ class RLTrainer:
         forward = self._needs_forward(trajs, advantages)
         totals: dict[str, float] = defaultdict(float)
         steps = 0
-        shared_tokens = 0
+        shared_tokens = forwarded_tokens = 0
         self.model.train()
         for _ in range(tcfg.ppo_epochs):
             order = list(range(len(trajs)))
@@ -332,6 +332,7 @@ class RLTrainer:
                         continue
                     plan = self._prefix_plan([trajs[i] for i in micro])
                     shared_tokens += plan.saved_tokens if plan else 0
+                    forwarded_tokens += plan.forwarded_tokens if plan else int(batch.attention_mask.sum())
                     with autocast(device, self.autocast):
                         loss, parts = self._loss(batch, plan)
                     (loss * share / denominator).backward()
@@ -350,6 +351,7 @@ class RLTrainer:
         metrics["policy/optimizer_steps"] = float(steps)
         metrics["perf/skipped_sequences"] = 1.0 - sum(forward) / max(1, len(forward))
         metrics["perf/update_tokens_shared"] = float(shared_tokens)
+        metrics["perf/update_tokens_forwarded"] = float(forwarded_tokens)
         return metrics
 
     def _micro_batches(self, trajs: list[Trajectory], used: list[int], lengths: list[int]) -> list[list[int]]:

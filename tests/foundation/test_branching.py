@@ -328,6 +328,9 @@ def test_a_short_seeded_tree_grpo_run_raises_reward(tmp_path, tiny_model_dir):
     # 6 trajectories for what 4 chains of 3 turns would generate, at most (branches share turns).
     assert last["rollout/env_steps"] < 3 * 6 * 3
     assert last["rollout/trajectories_per_1k_gen_tokens"] > 0
+    # The trie update forwards a group's shared turns once.
+    assert sum(m["perf/update_tokens_shared"] for m in metrics) > 0
+    assert all(m["perf/update_tokens_forwarded"] > 0 for m in metrics if m["policy/optimizer_steps"])
     # One whole group is logged, each leaf with its node path and advantage.
     lines = [json.loads(line) for line in (tmp_path / "tree" / "trajectories.jsonl").read_text().splitlines()]
     group = [line for line in lines if line["iteration"] == 10]
