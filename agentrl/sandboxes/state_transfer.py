@@ -171,7 +171,7 @@ class StatePickler(_pickle.Pickler):
                 return ("set_ref", index)
             self.sets[id(obj)] = index = len(self.sets)
             self.alive.append(obj)  # a set made by a __reduce__ must not free its id mid-dump
-            return ("set", index, kind is frozenset, list(obj))
+            return ("set", index, kind is frozenset, list(obj), _table_size(obj))
         reference = self.attributes.get(id(obj))
         if reference is not None:
             return ("attribute",) + reference
@@ -242,6 +242,14 @@ class StatePickler(_pickle.Pickler):
         return importlib.import_module, (name,)
 
 
+def _table_size(a_set):
+    """How many slots the hash table of `a_set` has (its iteration order depends on it)."""
+    # A small table lives inside the object (8 slots); a larger one is allocated apart, at 16
+    # bytes a slot.
+    extra = sys.getsizeof(a_set) - sys.getsizeof(type(a_set)())
+    return extra // 16 if extra else 8
+
+
 def _cell_value(cell):
     try:
         return cell.cell_contents
@@ -273,15 +281,15 @@ class StateUnpickler(_pickle.Unpickler):
                 self.sets[pid[1]] = set()
             return self.sets[pid[1]]
         if kind == "set":
-            _, index, frozen, items = pid
+            _, index, frozen, items, table = pid
             if frozen:
                 if index in self.sets:
                     raise pickle_error("a frozenset refers to itself")
-                made = self.sets[index] = frozenset(items)
+                made = self.sets[index] = _frozenset_in_order(items, table)
             else:
                 made = self.sets.setdefault(index, set())
                 made.update(items)
-            self.set_items.append((made, items))
+            self.set_items.append((made, items, table))
             return made
         raise pickle_error("unknown persistent id %r" % (kind,))
 
@@ -290,30 +298,246 @@ def pickle_error(message):
     return _pickle.UnpicklingError(message)
 
 
+def _frozenset_in_order(items, table):
+    """A frozenset of `items` that iterates in their order when one of the ways a frozenset
+    can be built gives that (it cannot be changed afterwards); else the plain one."""
+    made = frozenset(items)
+    if _same_order(made, items):
+        return made
+    for source in (set(items), _placed_set(items, table)):
+        if source is not None:
+            other = frozenset(source)  # copies the source's table, or refills one in its order
+            if _same_order(other, items):
+                return other
+    return made
+
+
+def _placed_set(items, table):
+    made = set()
+    return made if _place_in_table(made, items, table) else None
+
+
 def _same_order(made, items):
     return len(made) == len(items) and all(a is b for a, b in zip(made, items))
 
 
 def _fix_set_orders(set_items):
-    """Make every rebuilt set iterate in the parent's order; describe the ones that cannot."""
+    """Make every rebuilt set iterate in the parent's order; describe the ones that cannot.
+
+    Adding the elements in the parent's order usually gives the parent's order. When it does
+    not (the parent's table is larger after removals, or elements collided), the set is built
+    again in a table of the parent's size with `_place_in_table`.
+    """
     problems = []
-    for made, items in set_items:
+    for made, items, table in set_items:
         if _same_order(made, items):
             continue
         if type(made) is set:
-            # Same elements, another table size: build it again presized to the element count.
             made.clear()
-            made.update(dict.fromkeys(items))
-            if _same_order(made, items):
+            if _place_in_table(made, items, table) and _same_order(made, items):
                 continue
             made.clear()
             made.update(items)
         kinds = sorted({type(item).__name__ for item in items})
         problems.append(
-            "a %s of %d %s object(s) iterates in another order than in the parent (their hashes "
-            "depend on memory addresses or on the set's history)" % (type(made).__name__, len(items), "/".join(kinds))
+            "a %s of %d %s object(s) iterates in another order than in the parent"
+            % (type(made).__name__, len(items), "/".join(kinds))
         )
     return problems
+
+
+# CPython's set probing (Objects/setobject.c): a key goes to the first free slot of its probe
+# sequence. Only used to choose where the elements go; the result is checked by iterating.
+_LINEAR_PROBES = 9
+_PERTURB_SHIFT = 5
+_SIZE_T = (1 << 64) - 1
+
+
+def _probe_sequence(hash_value, mask):
+    perturb = hash_value & _SIZE_T
+    i = perturb & mask
+    while True:
+        yield i
+        if i + _LINEAR_PROBES <= mask:
+            for j in range(i + 1, i + _LINEAR_PROBES + 1):
+                yield j
+        perturb >>= _PERTURB_SHIFT
+        i = (i * 5 + 1 + perturb) & mask
+
+
+class _Placeholder:
+    """A key that sits in one chosen slot of a set's table while the elements are added."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot):
+        self.slot = slot
+
+    def __hash__(self):
+        return self.slot
+
+    def __eq__(self, other):
+        return self is other
+
+
+def _place_in_table(made, items, table):
+    """Fill the empty set `made` with `items` so that it iterates in their order, in a table
+    of `table` slots; whether that was possible.
+
+    Iteration follows slot order, so the elements need increasing slots, each on its probe
+    sequence, and every slot an element probes before its own must be taken when it is added:
+    by an element added before it, or by a placeholder removed at the end. `_choose_slots`
+    finds such slots and an order to add the elements in; `_grow_table` gives the set a table
+    of the parent's size first.
+    """
+    if len(items) > 50000:
+        return False
+    mask = table - 1
+    hashes = [hash(item) for item in items]
+    plan = _choose_slots(hashes, mask, strict=True) or _choose_slots(hashes, mask, strict=False)
+    if plan is None:
+        return False
+    order, blockers, slots, direct = plan
+    taken = set(slots) | blockers
+    free = [slot for slot in range(table) if slot not in taken]
+    seeds = [items[index] for index in direct[: table // 8 - 1]]
+    leftover = _grow_table(made, table, free, seeds)
+    if leftover is None:
+        return False
+    placeholders = [_Placeholder(slot) for slot in sorted(blockers)]
+    if (len(made) + len(placeholders) + len(items) - len(seeds)) * 5 >= mask * 3:
+        return False  # the table would grow again while the elements are added
+    made.update(placeholders)
+    planted = set(map(id, seeds))
+    for index in order:
+        if id(items[index]) not in planted:
+            made.add(items[index])
+    for placeholder in placeholders + leftover:
+        made.discard(placeholder)
+    return _table_size(made) == table
+
+
+def _grow_table(made, table, free, seeds):
+    """Grow the empty set `made` to a table of `table` slots, holding `seeds` (elements that
+    sit in their first probe slot); return the placeholders it holds then, or None.
+
+    A set grows when an addition makes its used-or-deleted slots reach 3/5 of the table, to the
+    smallest power of two above four times its elements, putting them back in their first free
+    probe slot. So `table // 8` keys go in (the seeds, made up with placeholders), and then
+    placeholders are added and removed (which leaves deleted slots) until an addition makes the
+    set grow to `table`; that placeholder stays, to be removed at the end. Every placeholder's
+    hash is one of the `free` slots, so in the grown table none sits where an element goes or
+    probes.
+    """
+    if table == 8:
+        if seeds:
+            return None
+        return []
+    keys = list(seeds) + [_Placeholder(slot) for slot in free[: table // 8 - 1 - len(seeds)]]
+    if len(keys) != table // 8 - 1:
+        return None
+    made.update(keys)
+    kept = keys[len(seeds) :]
+    for slot in free:
+        placeholder = _Placeholder(slot)
+        made.add(placeholder)
+        if _table_size(made) >= table:
+            kept.append(placeholder)
+            break
+        made.discard(placeholder)
+    return kept if _table_size(made) == table else None
+
+
+def _choose_slots(hashes, mask, strict, budget=20000, candidates=32):
+    """Slots for elements with these hashes, increasing in their order, each on its probe
+    sequence: (order to add them in, slots placeholders must hold, the slots), or None.
+
+    A depth-first search over each element's first `candidates` distinct probe slots. `strict`
+    allows no placeholders: every slot an element probes before its own belongs to another
+    element (then removing nothing leaves the table as the parent's would be when its set only
+    grew). Gives up after `budget` steps.
+    """
+    count = len(hashes)
+    options = []  # each element's first distinct probe slots; the slots before a choice are its path
+    for hash_value in hashes:
+        distinct, seen = [], set()
+        for slot in _probe_sequence(hash_value, mask):
+            if slot not in seen:
+                seen.add(slot)
+                distinct.append(slot)
+                if len(distinct) >= candidates or len(distinct) > mask:
+                    break
+        options.append(distinct)
+    slots = [-1] * count
+    held = set()  # the slots of elements 0..k-1
+    tried = [0] * count
+    k, steps = 0, 0
+    while 0 <= k < count:
+        steps += 1
+        if steps > budget:
+            return None
+        previous = slots[k - 1] if k else -1
+        placed = False
+        while tried[k] < len(options[k]):
+            choice = tried[k]
+            slot = options[k][choice]
+            tried[k] += 1
+            if slot <= previous or slot > mask - (count - 1 - k):
+                continue
+            # Strict: a probed slot below this one that no element holds can never be filled.
+            if strict and any(p < slot and p not in held for p in options[k][:choice]):
+                continue
+            slots[k] = slot
+            held.add(slot)
+            placed = True
+            break
+        if placed:
+            k += 1
+            if k == count:
+                plan = _order_for(slots, options, strict)
+                if plan is not None:
+                    return plan
+                k -= 1  # a cycle (or an unheld slot): try the last element's next slot
+                held.discard(slots[k])
+        else:
+            tried[k] = 0
+            slots[k] = -1
+            k -= 1
+            if k >= 0:
+                held.discard(slots[k])
+    return None
+
+
+def _order_for(slots, options, strict):
+    """An order to add elements in so each finds the slots it probes before its own taken:
+    (order, placeholder slots, slots), or None when there is none."""
+    owner = {slot: index for index, slot in enumerate(slots)}
+    after = {index: [] for index in range(len(slots))}
+    waiting = [0] * len(slots)
+    blockers = set()
+    paths = [options[index][: options[index].index(slot)] for index, slot in enumerate(slots)]
+    for index, path in enumerate(paths):
+        for probed in path:
+            if probed in owner:
+                after[owner[probed]].append(index)
+                waiting[index] += 1
+            elif strict:
+                return None
+            else:
+                blockers.add(probed)
+    ready = [index for index in range(len(slots)) if not waiting[index]]
+    order = []
+    while ready:
+        index = ready.pop()
+        order.append(index)
+        for later in after[index]:
+            waiting[later] -= 1
+            if not waiting[later]:
+                ready.append(later)
+    if len(order) != len(slots):
+        return None
+    direct = [index for index in order if not paths[index]]
+    return order, blockers, slots, direct
 
 
 # ---- files ------------------------------------------------------------------------------------
@@ -550,7 +774,8 @@ def snapshot(server):
         modules.append(name)
     files = _collect_files(roots, problems)
     if problems:
-        return {"untransferable": problems}, b""
+        # Name the variables too (an open file shows above as a descriptor, here by its name).
+        return {"untransferable": problems + _why_not_picklable(server.namespace, roots)}, b""
     meta = {
         "format": FORMAT,
         "python": sys.version,
