@@ -45,6 +45,10 @@ _LENGTH = struct.Struct(">Q")
 _VALUES = frozenset({int, float, complex, str, bytes, bool, type(None), tuple, range, slice})
 # Types pickle already writes by reference (modules, classes, functions are handled apart).
 _BY_NAME = frozenset({types.ModuleType, types.FunctionType, types.BuiltinFunctionType})
+# Long lists, dicts and sets of only these are written by the plain C pickler in one go (the
+# per-object hook costs more than the pickling itself).
+_FLAT = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_FLAT_MIN_LENGTH = 256
 _REORDER_SUFFIX = ".agentrl-reorder"
 
 
@@ -132,14 +136,15 @@ def _module_attributes():
     """id(object) -> (module name, attribute) for the objects imported modules hold, and
     id(module dict) -> module name; so the copy refers to the child's own objects."""
     objects, dicts = {}, {}
+    skip = _VALUES | _BY_NAME | {type}
     for name, module in list(sys.modules.items()):
-        if not isinstance(module, types.ModuleType):
+        if type(module) is not types.ModuleType:
             continue
         dicts[id(module.__dict__)] = name
         for attribute, value in list(module.__dict__.items()):
             kind = type(value)
-            if kind in _VALUES or kind in _BY_NAME or isinstance(value, type):
-                continue
+            if kind in skip or issubclass(kind, type):
+                continue  # values, and what pickle finds by name anyway (classes, functions)
             objects.setdefault(id(value), (name, attribute))
     return objects, dicts
 
@@ -153,6 +158,7 @@ class StatePickler(_pickle.Pickler):
         self.roots = roots
         self.attributes, self.module_dicts = _module_attributes()
         self.sets = {}
+        self.flat = {}
         self.alive = []
 
     def persistent_id(self, obj):
@@ -165,17 +171,34 @@ class StatePickler(_pickle.Pickler):
             name = self.module_dicts.get(id(obj))
             if name is not None:
                 return ("module_dict", name)
+            if len(obj) >= _FLAT_MIN_LENGTH and _flat(obj) and _flat(obj.values()):
+                return self._flat_container(obj)
+        elif kind is list:
+            if len(obj) >= _FLAT_MIN_LENGTH and _flat(obj):
+                return self._flat_container(obj)
         elif kind is set or kind is frozenset:
             index = self.sets.get(id(obj))
             if index is not None:
                 return ("set_ref", index)
             self.sets[id(obj)] = index = len(self.sets)
             self.alive.append(obj)  # a set made by a __reduce__ must not free its id mid-dump
-            return ("set", index, kind is frozenset, list(obj), _table_size(obj))
+            items = list(obj)
+            if len(items) >= _FLAT_MIN_LENGTH and _flat(items):
+                items = _pickle.dumps(items, protocol=5)
+            return ("set", index, kind is frozenset, items, _table_size(obj))
         reference = self.attributes.get(id(obj))
         if reference is not None:
             return ("attribute",) + reference
         return None
+
+    def _flat_container(self, obj):
+        """A long list or dict of plain values, pickled apart in one C call (kept shared)."""
+        index = self.flat.get(id(obj))
+        if index is not None:
+            return ("flat_ref", index)
+        self.flat[id(obj)] = index = len(self.flat)
+        self.alive.append(obj)
+        return ("flat", index, _pickle.dumps(obj, protocol=5))
 
     def reducer_override(self, obj):
         kind = type(obj)
@@ -242,6 +265,10 @@ class StatePickler(_pickle.Pickler):
         return importlib.import_module, (name,)
 
 
+def _flat(values):
+    return _FLAT.issuperset(map(type, values))
+
+
 def _table_size(a_set):
     """How many slots the hash table of `a_set` has (its iteration order depends on it)."""
     # A small table lives inside the object (8 slots); a larger one is allocated apart, at 16
@@ -264,6 +291,7 @@ class StateUnpickler(_pickle.Unpickler):
         super().__init__(file)
         self.namespace = namespace
         self.sets = {}
+        self.flat = {}
         self.set_items = []
 
     def persistent_load(self, pid):
@@ -274,6 +302,11 @@ class StateUnpickler(_pickle.Unpickler):
             return importlib.import_module(pid[1]).__dict__
         if kind == "attribute":
             return getattr(importlib.import_module(pid[1]), pid[2])
+        if kind == "flat":
+            made = self.flat[pid[1]] = _pickle.loads(pid[2])
+            return made
+        if kind == "flat_ref":
+            return self.flat[pid[1]]
         if kind == "set_ref":
             if pid[1] not in self.sets:
                 # A set that contains (through other objects) a reference to itself: an empty
@@ -282,6 +315,8 @@ class StateUnpickler(_pickle.Unpickler):
             return self.sets[pid[1]]
         if kind == "set":
             _, index, frozen, items, table = pid
+            if type(items) is bytes:
+                items = _pickle.loads(items)
             if frozen:
                 if index in self.sets:
                     raise pickle_error("a frozenset refers to itself")
@@ -458,16 +493,22 @@ def _choose_slots(hashes, mask, strict, budget=20000, candidates=32):
     grew). Gives up after `budget` steps.
     """
     count = len(hashes)
-    options = []  # each element's first distinct probe slots; the slots before a choice are its path
-    for hash_value in hashes:
-        distinct, seen = [], set()
-        for slot in _probe_sequence(hash_value, mask):
-            if slot not in seen:
-                seen.add(slot)
-                distinct.append(slot)
-                if len(distinct) >= candidates or len(distinct) > mask:
+    # Each element's distinct probe slots, computed as the search needs them; the slots before
+    # the chosen one are its path.
+    options = [[] for _ in range(count)]
+    sequences = [_probe_sequence(hash_value, mask) for hash_value in hashes]
+
+    def option(k, choice):
+        known = options[k]
+        while len(known) <= choice:
+            if len(known) >= candidates or len(known) > mask:
+                return None
+            for slot in sequences[k]:
+                if slot not in known:
+                    known.append(slot)
                     break
-        options.append(distinct)
+        return known[choice]
+
     slots = [-1] * count
     held = set()  # the slots of elements 0..k-1
     tried = [0] * count
@@ -478,9 +519,11 @@ def _choose_slots(hashes, mask, strict, budget=20000, candidates=32):
             return None
         previous = slots[k - 1] if k else -1
         placed = False
-        while tried[k] < len(options[k]):
+        while True:
             choice = tried[k]
-            slot = options[k][choice]
+            slot = option(k, choice)
+            if slot is None:
+                break
             tried[k] += 1
             if slot <= previous or slot > mask - (count - 1 - k):
                 continue
