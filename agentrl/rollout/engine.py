@@ -114,6 +114,8 @@ class RolloutEngine:
         budgets: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         rollout = RolloutContext(len(tasks), params.seed)
         keep_forks = bool(getattr(strategy, "keep_node_forks", False))
+        # A strategy may say which episodes it could still branch from (forks cost a sandbox).
+        wants_fork = getattr(strategy, "keep_fork", lambda episode: True)
         # One cache of stateless tool results per task: a group's repeated searches run once.
         tool_caches: dict[int, ToolCache] = defaultdict(ToolCache)
         start = partial(self._start, make_env, tasks, tool_caches, rollout, budgets)
@@ -139,7 +141,8 @@ class RolloutEngine:
                 while active:
                     taken = self._round(active, params, budgets, act, rollout)
                     if keep_forks:
-                        self._keep_forks([e for e, _ in taken if not e.done], rollout, budgets)
+                        self._keep_forks([e for e, _ in taken if not e.done and wants_fork(e)],
+                                         rollout, budgets)
                     refill([e for e, _ in taken if e.infra_error])
                     new = start(strategy.after_round(taken, rollout))
                     episodes.extend(new)
@@ -263,6 +266,8 @@ class RolloutEngine:
                     budgets: dict[int, dict[str, float]]) -> None:
         """Keep a fork of each live env at its newest node, for later branches from there. An
         env that cannot fork is replayed instead when a branch needs it."""
+        if not live:
+            return
         t0 = time.perf_counter()
         forks = list(self._pool.map(_try_fork, [e.env for e in live]))
         for episode, fork in zip(live, forks):

@@ -13,7 +13,8 @@ steps. A strategy decides, through the `RolloutContext` it is handed (`rollout.s
 - `finish(episodes)`: at the end, the episodes of one group that become its trajectories.
 
 Each returns the requests; the engine starts them (concurrently), assigns every id, and keeps
-env forks at every node when the strategy sets `keep_node_forks`. `chain` (G independent
+env forks at every node when the strategy sets `keep_node_forks` (of the episodes its optional
+`keep_fork(episode)` names: those it may still branch from). `chain` (G independent
 rollouts per task) never branches; `tree` (Tree-GRPO, `agentrl.rollout.tree_strategy`) branches
 finished episodes at random nodes. `make_strategy` builds one from the recipe's
 `rollout.strategy` section.

@@ -75,6 +75,12 @@ class TreeStrategy:
                 again.append(rollout.branch(source, at_turn=turn))
         return again
 
+    def keep_fork(self, episode: Episode) -> bool:
+        """Whether a later expansion round may branch from this episode's turns: only while its
+        tree has rounds left after the one it belongs to (the last round's forks would go
+        unused, and a fork of a sandboxed env costs a sandbox)."""
+        return self._rounds.get((episode.group_id, episode.tree_id), 0) < self.l
+
     def after_round(self, taken: Sequence[tuple[Episode, Completion]],
                     rollout: RolloutContext) -> list[EpisodeRequest]:
         """Expand every tree whose episodes have all finished and that has rounds left."""

@@ -368,3 +368,23 @@ def test_tool_calls_run_once_per_node_and_branches_inherit_the_results(policy):
         assert metrics["tools/search/calls"] == calls_in_nodes
         leaves_calls = sum(len(s.info.get("tool_calls", [])) for t in trajs for s in t.steps)
         assert leaves_calls > calls_in_nodes  # what counting per leaf would have said
+
+
+def test_forks_are_kept_only_where_a_later_round_can_branch(policy):
+    """With l = 1 the initial chains' turns can be branched, the branches' cannot: the engine
+    keeps forks after the chains' turns only (a fork of a sandboxed env costs a sandbox)."""
+    _, tokenizer = policy
+    forks = []
+
+    class CountingWalk(Walk):
+        def fork(self):
+            forks.append(len(self.path))
+            return super().fork()
+
+    groups = run_tree(tokenizer, env_cls=CountingWalk, tasks=1, strategy=TreeStrategy(m=2, n=2, l=1))
+    chains = [t for t in groups[0].trajectories if t.traj_id < 2]
+    kept = sum(t.num_turns - 1 for t in chains)  # after every turn but the last
+    branches_from_nodes = sum(1 for t in groups[0].trajectories if t.traj_id >= 2) - \
+        sum(1 for t in groups[0].trajectories if t.traj_id >= 2 and t.steps[0].node_id not in
+            {s.node_id for c in chains for s in c.steps})
+    assert len(forks) == kept + branches_from_nodes
