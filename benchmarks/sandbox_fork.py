@@ -33,7 +33,8 @@ SMALL_STATE = [
 # Medium: a 100k-element list, 20 files of 10 kB, a set of 2000 strings, 20 functions.
 MEDIUM_STATE = SMALL_STATE + [
     "values = [i * 0.5 for i in range(100_000)]",
-    "import os\nos.makedirs('out', exist_ok=True)\nfor i in range(20):\n    open(f'out/{i}.txt', 'w').write('x' * 10_000)",
+    "import os\nos.makedirs('out', exist_ok=True)\n"
+    "for i in range(20):\n    open(f'out/{i}.txt', 'w').write('x' * 10_000)",
     "seen = {f'word{i}' for i in range(2000)}",
     "fns = [eval(f'lambda v: v + {i}') for i in range(20)]",
 ]

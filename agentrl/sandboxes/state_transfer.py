@@ -100,6 +100,10 @@ def _set_class_state(cls, state):
         cls.__abstractmethods__ = abstract
 
 
+def _make_type_variable(kind, name, constraints, options):
+    return kind(name, *constraints, **options)
+
+
 def _make_cached_property(function, attrname):
     import functools
 
@@ -123,12 +127,14 @@ def _user_module(module, roots):
 
 def _importable(obj):
     """Whether pickle can find `obj` again by its module and qualified name."""
-    module = sys.modules.get(getattr(obj, "__module__", None) or "")
-    target = module
-    for part in (getattr(obj, "__qualname__", "") or "<none>").split("."):
-        if target is None or part == "<locals>":
-            return False
-        target = getattr(target, part, None)
+    try:
+        target = sys.modules.get(obj.__module__)
+        for part in obj.__qualname__.split("."):
+            if target is None or part == "<locals>":
+                return False
+            target = getattr(target, part, None)
+    except Exception:  # a missing or odd __module__ or __qualname__
+        return False
     return target is obj
 
 
@@ -165,9 +171,12 @@ class StatePickler(_pickle.Pickler):
         kind = type(obj)
         if kind in _VALUES:
             return None
+        if obj is self.namespace:
+            return ("namespace",)
+        reference = self.attributes.get(id(obj))
+        if reference is not None:
+            return ("attribute",) + reference
         if kind is dict:
-            if obj is self.namespace:
-                return ("namespace",)
             name = self.module_dicts.get(id(obj))
             if name is not None:
                 return ("module_dict", name)
@@ -186,9 +195,6 @@ class StatePickler(_pickle.Pickler):
             if len(items) >= _FLAT_MIN_LENGTH and _flat(items):
                 items = _pickle.dumps(items, protocol=5)
             return ("set", index, kind is frozenset, items, _table_size(obj))
-        reference = self.attributes.get(id(obj))
-        if reference is not None:
-            return ("attribute",) + reference
         return None
 
     def _flat_container(self, obj):
@@ -216,8 +222,12 @@ class StatePickler(_pickle.Pickler):
             return property, (obj.fget, obj.fset, obj.fdel, obj.__doc__)
         if kind is staticmethod or kind is classmethod:
             return kind, (obj.__func__,)
-        if kind.__name__ == "cached_property" and kind.__module__ == "functools":
+        if kind.__module__ == "functools" and kind.__name__ == "cached_property":
             return _make_cached_property, (obj.func, obj.attrname)
+        if kind.__module__ == "typing" and kind.__name__ == "TypeVar" and not _importable(obj):
+            # Pickled by name by default, which fails for one defined in a cell.
+            options = {"bound": obj.__bound__, "covariant": obj.__covariant__, "contravariant": obj.__contravariant__}
+            return _make_type_variable, (kind, obj.__name__, obj.__constraints__, options)
         return NotImplemented
 
     def _reduce_function(self, function):
@@ -245,13 +255,17 @@ class StatePickler(_pickle.Pickler):
         metaclass = type(cls)
         if metaclass is not type and metaclass.__qualname__ != "ABCMeta":
             raise Untransferable(
-                "class %s has the metaclass %s, which cannot be copied" % (cls.__qualname__, metaclass.__qualname__)
+                "class %s has the metaclass %s, which cannot be copied"
+                % (cls.__qualname__, metaclass.__qualname__)
             )
         slots = cls.__dict__.get("__slots__")
         slot_names = {slots} if isinstance(slots, str) else set(slots or ())
         skeleton = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
         if slots is not None:
             skeleton["__slots__"] = slots
+        if "__orig_bases__" in cls.__dict__:
+            # typing.Generic's __init_subclass__ reads it when the class is made.
+            skeleton["__orig_bases__"] = cls.__dict__["__orig_bases__"]
         skip = {"__dict__", "__weakref__", "_abc_impl", "__module__", "__slots__"} | slot_names
         state = {key: value for key, value in cls.__dict__.items() if key not in skip}
         return _make_class, (metaclass, cls.__name__, cls.__bases__, skeleton), state, None, None, _set_class_state
@@ -319,17 +333,17 @@ class StateUnpickler(_pickle.Unpickler):
                 items = _pickle.loads(items)
             if frozen:
                 if index in self.sets:
-                    raise pickle_error("a frozenset refers to itself")
+                    raise _unpickling_error("a frozenset refers to itself")
                 made = self.sets[index] = _frozenset_in_order(items, table)
             else:
                 made = self.sets.setdefault(index, set())
                 made.update(items)
             self.set_items.append((made, items, table))
             return made
-        raise pickle_error("unknown persistent id %r" % (kind,))
+        raise _unpickling_error("unknown persistent id %r" % (kind,))
 
 
-def pickle_error(message):
+def _unpickling_error(message):
     return _pickle.UnpicklingError(message)
 
 

@@ -61,6 +61,104 @@ print(open('data/deep/blob.bin', 'rb').read() == bytes(range(256)) * 4)
 """
 
 
+# What agent code commonly holds: ABCs, properties, dataclasses, named tuples, generics,
+# decorators, recursion, library objects in mid-iteration, aliasing and cycles.
+LIBRARY_OBJECTS = r'''
+import abc, collections, dataclasses, datetime, decimal, fractions, functools, io, itertools
+import heapq, math, random, re, statistics, string, typing
+counter = 0
+def bump():
+    global counter
+    counter += 1
+    return counter
+class Shape(abc.ABC):
+    @abc.abstractmethod
+    def area(self): ...
+class Square(Shape):
+    def __init__(self, s): self.s = s
+    def area(self): return self.s ** 2
+    @property
+    def side(self): return self.s
+    @classmethod
+    def unit(cls): return cls(1)
+    @staticmethod
+    def name(): return 'square'
+    @functools.cached_property
+    def diag(self): return self.s * math.sqrt(2)
+class Base:
+    def hello(self): return 'base'
+class Child(Base):
+    def hello(self): return 'child+' + super().hello()
+    class Inner:
+        v = 7
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frozen:
+    a: int
+    b: tuple = (1, 2)
+Pt = collections.namedtuple('Pt', 'x y')
+class TPt(typing.NamedTuple):
+    x: int
+    y: int = 5
+T = typing.TypeVar('T')
+class Stack(typing.Generic[T]):
+    def __init__(self): self.items = []
+def deco(f):
+    @functools.wraps(f)
+    def wrapper(*a): return ('wrapped', f(*a))
+    return wrapper
+@deco
+def plus(a, b=2): return a + b
+def fact(n): return 1 if n < 2 else n * fact(n - 1)
+def even(n): return n == 0 or odd(n - 1)
+def odd(n): return n != 0 and even(n - 1)
+part = functools.partial(plus, 10)
+pat = re.compile(r'(\d+)-(\w+)', re.I)
+when = datetime.datetime(2024, 5, 1, 12, 30)
+dec = decimal.Decimal('1.10') + decimal.Decimal('2.205')
+decimal.getcontext().prec = 6
+frac = fractions.Fraction(3, 7)
+dq = collections.deque([1, 2, 3], maxlen=5)
+cnt = collections.Counter('mississippi')
+dd = collections.defaultdict(lambda: 'missing')
+dd['a'] = 1
+od = collections.OrderedDict(b=2, a=1)
+it = iter([10, 20, 30]); next(it)
+count = itertools.count(5); next(count)
+buf = io.StringIO('line1\nline2\n'); buf.readline()
+err = ValueError('bad', 3)
+sq = Square(3); _ = sq.diag
+fz = Frozen(4)
+st = Stack(); st.items.append(1)
+heap = [5, 1, 8, 3]; heapq.heapify(heap)
+rng = random.Random(42); rng.random()
+matrix = [[i * j for j in range(4)] for i in range(3)]
+nested = {'k': [{'deep': {1, 2, 3}}], 't': (1, [2, 3])}
+alias_a = [1, 2]; alias_b = alias_a
+cyc = []; cyc.append(cyc)
+big = {i: str(i) for i in range(1000)}
+letters = string.ascii_letters
+stats = statistics.mean([1, 2, 3, 4])
+'''
+SHOW_LIBRARY_OBJECTS = r'''
+print(bump(), counter, sq.area(), sq.side, Square.unit().area(), Square.name(), round(sq.diag, 4))
+print(isinstance(sq, Shape))
+print(Child().hello(), Child.Inner.v, fz, Pt(1, 2), TPt(3), type(st).__name__, st.items)
+print(plus(1), plus.__name__, plus.__wrapped__(1, 1), fact(10), even(10), odd(7), part(5))
+print(pat.findall('12-ab 3-CD'), when.isoformat(), dec, decimal.getcontext().prec, decimal.Decimal(1) / 7, frac * 2)
+print(dq, cnt.most_common(2), dd['zz'], list(od), next(it), next(count), buf.readline().strip(), repr(err))
+print(heapq.heappop(heap), rng.random(), matrix, nested, alias_a is alias_b, cyc[0] is cyc, len(big), big[999], stats)
+try:
+    Shape()
+except TypeError as e:
+    print('abstract ok')
+try:
+    fz.a = 3
+except dataclasses.FrozenInstanceError:
+    print('frozen ok')
+def boom(): return 1 / 0
+'''
+
+
 def test_fork_holds_the_parents_exact_state(sandbox):
     built = sandbox.run(BUILD_STATE)
     assert built.ok, built.stderr
@@ -77,6 +175,19 @@ def test_fork_holds_the_parents_exact_state(sandbox):
         assert child.run(next_draw).stdout == sandbox.run(next_draw).stdout
         # A closure's shared cell stays shared: both functions see the same counter.
         assert child.run("bump()\nprint(peek())").stdout == "3\n"
+
+
+def test_common_python_objects_are_copied_exactly(sandbox):
+    built = sandbox.run(LIBRARY_OBJECTS)
+    assert built.ok, built.stderr
+    with sandbox.fork() as child:
+        assert child.fork_exact, child.fork_note
+        expected = sandbox.run(SHOW_LIBRARY_OBJECTS)
+        assert expected.ok and "abstract ok" in expected.stdout and "frozen ok" in expected.stdout
+        assert child.run(SHOW_LIBRARY_OBJECTS).stdout == expected.stdout
+        # Tracebacks through copied functions show the parent's cell and line.
+        failing = "def twice():\n    return fact('x')\ntwice()"
+        assert child.run(failing).stderr == sandbox.run(failing).stderr
 
 
 def test_the_forks_later_writes_stay_its_own(sandbox):
@@ -131,8 +242,10 @@ def test_sets_iterate_in_the_parents_order(sandbox):
 @pytest.mark.parametrize(
     "holder, expected",
     [
-        ("handle = open('kept.txt')", ["handle: TypeError: cannot pickle '_io.TextIOWrapper' object", "file descriptor"]),
-        ("numbers = (i * i for i in range(5))\nnext(numbers)", ["numbers: TypeError: cannot pickle 'generator' object"]),
+        ("handle = open('kept.txt')",
+         ["handle: TypeError: cannot pickle '_io.TextIOWrapper' object", "file descriptor"]),
+        ("numbers = (i * i for i in range(5))\nnext(numbers)",
+         ["numbers: TypeError: cannot pickle 'generator' object"]),
     ],
     ids=["open-file", "generator"],
 )
@@ -170,7 +283,8 @@ def test_fork_of_a_sandbox_whose_interpreter_died_raises_one_clear_error(sandbox
     # Dying unnoticed (no ping in between) is the error case.
     sandbox.run("import os, threading\ny = 2\nthreading.Timer(0.2, os._exit, (3,)).start()")
     time.sleep(1.0)
-    with pytest.raises(SandboxError, match="cannot fork this .* sandbox: its interpreter exited .* after its last call"):
+    died = "cannot fork this .* sandbox: its interpreter exited .* after its last call"
+    with pytest.raises(SandboxError, match=died):
         sandbox.fork()
     assert sandbox.run("print('y' in globals())").stdout == "False\n"  # a fresh interpreter
 
