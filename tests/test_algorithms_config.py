@@ -129,7 +129,7 @@ def test_gigpo_settings_reach_the_advantages(tmp_path, tiny_model_dir) -> None:
                                 [s.anchor for s in rows], norm="mean")
     assert not np.allclose(expected, defaults)  # the settings matter for this batch
 
-    got = _trainer(tmp_path, tiny_model_dir, GIGPO_SETTINGS)._token_advantages(trajs)
+    got = _advantages(_trainer(tmp_path, tiny_model_dir, GIGPO_SETTINGS), trajs)
     per_step = [float(adv[s.action_span[0]]) for t, adv in zip(trajs, got) for s in t.steps]
     np.testing.assert_allclose(per_step, expected, atol=1e-12)
     for t, adv in zip(trajs, got):  # on both action tokens, nowhere else
@@ -139,10 +139,23 @@ def test_gigpo_settings_reach_the_advantages(tmp_path, tiny_model_dir) -> None:
             assert adv[s.action_span[0]] == adv[s.action_span[1] - 1]
 
 
+def _advantages(trainer, trajs):
+    """The per-token advantages the trainer's estimator (`algorithm.advantage`) gives `trajs`."""
+    from agentrl.algorithms import token_advantages
+    from agentrl.types import Group
+
+    ids = sorted({t.group_id for t in trajs})
+    groups = [Group(i, {}, [t for t in trajs if t.group_id == i]) for i in ids]
+    ordered = [t for g in groups for t in g.trajectories]
+    algorithm = trainer.config.algorithm
+    by_id = dict(zip(map(id, ordered), token_advantages(algorithm.advantage, groups, algorithm)))
+    return [by_id[id(t)] for t in trajs]
+
+
 def test_rloo_singleton_group_reaches_the_trainer(tmp_path, tiny_model_dir) -> None:
     traj = _trajectory(0, 0, [(0.0, "x", True)])
     traj.reward = 0.75
-    got = _trainer(tmp_path, tiny_model_dir, {"algorithm.norm": "loo"})._token_advantages([traj])
+    got = _advantages(_trainer(tmp_path, tiny_model_dir, {"algorithm.norm": "loo"}), [traj])
     assert got[0][traj.steps[0].action_span[0]] == pytest.approx(0.75)
 
 

@@ -415,25 +415,21 @@ class RLTrainer:
     # --- sinks -------------------------------------------------------------------------------
 
     def _log_trajectories(self, groups: list[Group], advantages: dict[int, np.ndarray]) -> None:
-        """Whole groups (so `agentrl view --tree` can draw them), until `log_trajectories`
-        trajectories are written; each with its advantage (the mean over its action tokens;
-        None when it was not trained on)."""
+        """The iteration's first `log_trajectories` trajectories, group by group (a multiple of
+        the group size keeps whole groups, for `agentrl view --tree`), each with its advantage:
+        the mean over its action tokens, None when it was not trained on."""
         count = self.config.train.log_trajectories
         if not count:
             return
-        written = 0
+        trajectories = [t for g in groups for t in g.trajectories][:count]
         with (self.run_dir / "trajectories.jsonl").open("a", encoding="utf-8") as f:
-            for group in groups:
-                if written >= count:
-                    break
-                for traj in group.trajectories:
-                    advantage = advantages.get(id(traj))
-                    if advantage is not None:
-                        on_actions = np.asarray(advantage)[np.asarray(traj.loss_mask, dtype=bool)]
-                        advantage = float(on_actions.mean()) if on_actions.size else 0.0
-                    f.write(json.dumps({"iteration": self.iteration + 1, **traj.to_dict(),
-                                        "advantage": advantage}) + "\n")
-                    written += 1
+            for traj in trajectories:
+                advantage = advantages.get(id(traj))
+                if advantage is not None:
+                    on_actions = np.asarray(advantage)[np.asarray(traj.loss_mask, dtype=bool)]
+                    advantage = float(on_actions.mean()) if on_actions.size else 0.0
+                f.write(json.dumps({"iteration": self.iteration + 1, **traj.to_dict(),
+                                    "advantage": advantage}) + "\n")
 
 
 def _trainable(group: Group) -> list[Trajectory]:

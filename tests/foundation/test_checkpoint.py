@@ -120,8 +120,8 @@ def test_ctrl_c_after_the_lines_of_an_iteration_writes_them_once(tmp_path, tiny_
     interrupted = _trainer(run_dir, tiny_model_dir)
     write_lines = interrupted._log_trajectories
 
-    def write_then_ctrl_c(trajectories):
-        write_lines(trajectories)
+    def write_then_ctrl_c(*args):
+        write_lines(*args)
         if interrupted.iteration + 1 == 3:
             raise KeyboardInterrupt
 
@@ -228,8 +228,8 @@ def _train_and_kill(run_dir: Path, model_dir: Path, point: str, iteration: int) 
     if point == "after_lines":
         write_lines = trainer._log_trajectories
 
-        def write_then_die(trajectories):
-            write_lines(trajectories)
+        def write_then_die(*args):
+            write_lines(*args)
             if now() == iteration:
                 _die()
 
