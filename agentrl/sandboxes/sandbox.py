@@ -45,6 +45,7 @@ from agentrl.sandboxes.transport import Channel, ChannelClosed, ChannelTimeout, 
 
 SERVER_SOURCE = (Path(__file__).with_name("repl_server.py")).read_text()
 # Handed to the server in its config; it copies and restores interpreter state for `fork()`.
+# The config travels as one command-line argument, which Linux caps at 128 KiB.
 STATE_TRANSFER_SOURCE = (Path(__file__).with_name("state_transfer.py")).read_text()
 WORKDIR = "/workspace"
 # The sandbox's writable dirs: their files are part of the state a fork copies.
