@@ -74,7 +74,7 @@ def bench_backend(backend: str, calls: int) -> dict[str, Any]:
         )
         out["in_boundary_fork_ms"] = float(sandbox.run(IN_SANDBOX_FORK).stdout)
 
-        # Fork by replay (the chosen design): 5 calls of history.
+        # Fork (a copy of the interpreter state; replay only for what cannot be copied): 5 calls of history.
         with create(backend) as parent:
             for i in range(5):
                 parent.run(f"v{i} = {i}")
@@ -182,8 +182,8 @@ def table(results: dict[str, Any]) -> str:
     add("10 ms compute cell, p99 ms", "compute_10ms", "p99_ms")
     add("state-carrying call, p50 ms", "stateful")
     add("state-carrying call, p99 ms", "stateful", "p99_ms")
-    add("fork (replay, fresh sandbox), p50 ms", "fork_replay_cold")
-    add("fork (replay, warm pool sandbox), p50 ms", "fork_replay_pool")
+    add("fork (fresh sandbox), p50 ms", "fork_replay_cold")
+    add("fork (warm pool sandbox), p50 ms", "fork_replay_pool")
     rows.append(("os.fork inside the sandbox (rejected option), ms",
                  *[_fmt(b.get("in_boundary_fork_ms")) for b in results["backends"].values()]))
     rows.append(("pool of 4, 8 workers: calls/s",
