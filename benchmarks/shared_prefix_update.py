@@ -28,10 +28,12 @@ The first update of each side starts from the same weights, so their gradient no
 (up to the kernels' rounding).
 
     python benchmarks/shared_prefix_update.py [--case trees] [--model runs/warm0/sft_model] [--batches 4] [--repeats 3]
+        [--attention sdpa,eager] [--set KEY=VALUE ...]
 
 Without `--model` it builds the demo's tiny model untrained (every episode then runs all 4
-turns and most rewards are 0, so few sequences are trained); the demo's warm-up (`sft_model`)
-gives its real batches. Writes a JSON result and prints a table.
+turns, its rollouts share little beyond the prompt, and most rewards are 0, so few sequences
+are trained unless `--set algorithm.entropy_coef=0.001` makes every sequence count); the
+demo's warm-up (`sft_model`) gives its real batches. Writes a JSON result and prints a table.
 """
 
 from __future__ import annotations
@@ -153,11 +155,11 @@ def update(trainer: PlanningTrainer, trajs, advantages, tree_mask: bool) -> dict
         return trainer._update(trajs, advantages)
 
 
-def case_config(case: str, micro_batch_size: int | None):
-    overrides = [f"train.micro_batch_size={micro_batch_size}"] if micro_batch_size else []
+def case_config(case: str, micro_batch_size: int | None, overrides: list[str] = ()):
+    overrides = list(overrides) + ([f"train.micro_batch_size={micro_batch_size}"] if micro_batch_size else [])
     if case == "groups":
         return load_config(None, demo_overrides("search") + overrides)
-    return load_config(TREE_RECIPE, ["model.autocast=auto"] + overrides)
+    return load_config(TREE_RECIPE, overrides)
 
 
 def sample_batch(trainer: RLTrainer) -> tuple[list[Trajectory], list]:
@@ -170,8 +172,9 @@ def sample_batch(trainer: RLTrainer) -> tuple[list[Trajectory], list]:
 
 
 def run_benchmark(model_path: Path | None, *, case: str, batches: int, repeats: int,
-                  micro_batch_size: int | None = None, attentions: tuple[str, ...] = ("sdpa", "eager")) -> dict:
-    config = case_config(case, micro_batch_size)
+                  micro_batch_size: int | None = None, attentions: tuple[str, ...] = ("sdpa", "eager"),
+                  overrides: list[str] = ()) -> dict:
+    config = case_config(case, micro_batch_size, overrides)
     make_env = env_factory(config)
     with tempfile.TemporaryDirectory() as tmp:
         model_path, label = search_demo_model(model_path, Path(tmp))
@@ -228,6 +231,7 @@ def run_benchmark(model_path: Path | None, *, case: str, batches: int, repeats: 
         "turns_mean": statistics.mean(t.num_turns for t in trajectories),
         "tokens_per_trajectory": statistics.mean(len(t.token_ids) for t in trajectories),
         "micro_batch_size": config.train.micro_batch_size,
+        "overrides": list(overrides),
         "batches": batches,
         "repeats": repeats,
         "machine": machine(),
@@ -249,7 +253,8 @@ def format_table(result: dict) -> str:
     lines.append(f"Case {result['case']}: {result['batches']} rollout batches of {result['trajectories_per_batch']:.0f} "
                  f"trajectories ({result['tokens_per_trajectory']:.0f} tokens, {result['turns_mean']:.1f} turns on "
                  f"average), each updated {result['repeats']} times per side; micro-batches of "
-                 f"{result['micro_batch_size']}; model: {result['model']}.")
+                 f"{result['micro_batch_size']}; model: {result['model']}"
+                 + (f"; overrides: {' '.join(result['overrides'])}." if result.get("overrides") else "."))
     return "\n".join(lines)
 
 
@@ -262,12 +267,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--micro-batch-size", type=int, default=None, help="default: the case's recipe")
     parser.add_argument("--attention", default="sdpa,eager", help="update kernels to time, comma-separated")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override (repeatable), e.g. algorithm.entropy_coef=0.001: with an "
+                             "entropy bonus every sequence is forwarded, so an untrained model's batches "
+                             "(rewards all 0) are timed too")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: runs/bench/shared_prefix_update[_trees].json")
     args = parser.parse_args(argv)
     out = args.out or Path(f"runs/bench/shared_prefix_update{'_trees' if args.case == 'trees' else ''}.json")
     result = run_benchmark(args.model, case=args.case, batches=args.batches, repeats=args.repeats,
-                           micro_batch_size=args.micro_batch_size, attentions=tuple(args.attention.split(",")))
+                           micro_batch_size=args.micro_batch_size, attentions=tuple(args.attention.split(",")),
+                           overrides=args.set)
     write_result(result, format_table(result), out)
 
 

@@ -21,16 +21,21 @@ through the model as one batch; then the nodes of depth 1 as one batch, each on 
 keys and values of its path so far, gathered out of the previous level's cache (an indexing op,
 so the gradients of every child flow back into its ancestors' pass), and so on. The gathered
 path is compacted (right-padded to the longest path of the level, never to the sum of the
-levels' widths), so each node attends over exactly its own ancestors plus padding. The other
-way is AReaL's tree training: pack each tree's distinct tokens into one sequence and give the
-attention a tree mask (a token sees its ancestors only), one forward pass whatever the depth.
-It was measured on this repository's tiny Qwen2 (benchmarks/shared_prefix_update.py, CPU,
-float32, forward + backward of one micro-batch; docs/benchmarks.md): on the tree-shaped batch
-it was about as fast as the level-by-level pass, and on the search demo's GRPO groups, whose
-five rollouts share their prompt and then each write about 150 tokens of their own, it was 1.4
-times slower, since a packed tree of N tokens costs N x N attention however little of it the mask
-keeps, while a level costs each node its own path only. Its one advantage, a single pass for
-deep tries, is bounded here by `max_levels`.
+levels' widths), so each node attends over exactly its own ancestors plus padding.
+
+The other way is AReaL's tree training: pack each tree's distinct tokens into one sequence, in
+one forward pass whose attention mask lets a token see its ancestors only. Both were measured
+on the search demo's update (benchmarks/shared_prefix_update.py, docs/benchmarks.md; CPU, one
+thread). Where rollouts share much (the SFT-warmed policy: GRPO groups, and Tree-GRPO's trees),
+the tree mask was 1.15 to 1.3 times faster than the levels, which pad each level's nodes to
+its longest one; where they share only the prompt (an untrained policy: 5 rollouts of about 165
+own tokens each), the tree mask was 1.4 (sdpa) to 2 (eager) times slower than the levels and
+slower than forwarding every sequence whole, since a packed tree of N tokens computes N x N
+attention scores (and holds an N x N mask) however few of them the mask keeps, while a level
+costs each node its own path only. The levels are used: faster than a plain forward in every
+case measured (1.3 to 3.2 times), with a cost that grows with each row's length, not with the
+square of a whole group's. Deep tries with many small nodes take a pass per level;
+`max_levels` bounds them.
 
 The idea is the one behind Prefix Grouper (2025) for GRPO and tree training for agentic RL;
 this is a small, model-agnostic version for Hugging Face causal LMs whose forward takes a
