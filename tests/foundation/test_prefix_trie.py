@@ -186,3 +186,39 @@ def test_a_model_without_a_cache_path_falls_back_to_a_plain_forward(policy, capl
         plain, _ = token_logprobs(policy, input_ids, attention_mask)
     assert torch.equal(fallback, plain)
     assert "forwards every sequence whole" in caplog.text
+
+
+def test_tree_grpo_rollouts_forward_each_shared_turn_once(tiny_model_dir):
+    """Real branched rollouts (2 trees x (chain + 2 branches) per task): the trie shares every
+    turn that leaves share by node id, and the update's log-probs and gradients are unchanged."""
+    from agentrl.envs import make_env
+    from agentrl.generation import HFGenerator
+    from agentrl.rollout import RolloutEngine, TreeStrategy
+    from agentrl.types import SamplingParams
+
+    model, tokenizer = load_model(tiny_model_dir)
+    generator = HFGenerator(model, tokenizer, max_batch_size=16)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=8, seed=5)
+    with RolloutEngine(generator, tokenizer, sampling) as engine:
+        groups = engine.run(lambda: make_env("agentrl/ArithmeticTryAgain-v0", digits=2, max_turns=4),
+                            [{"seed": s} for s in range(2)], TreeStrategy(m=2, n=2, l=1))
+    leaves = [t for g in groups for t in g.trajectories]
+    rows, keys = [t.token_ids for t in leaves], [t.group_id for t in leaves]
+    plan = plan_shared_prefixes(rows, keys)
+    assert plan.forwarded_tokens == _distinct_tokens(rows, keys) < plan.plain_tokens
+    # two leaves whose node paths start alike share those turns' tokens, so the trie does too
+    shared_turns = 0
+    for a in range(len(leaves)):
+        for b in range(a + 1, len(leaves)):
+            turns = 0
+            while (turns < min(leaves[a].num_turns, leaves[b].num_turns)
+                   and leaves[a].node_path[turns] == leaves[b].node_path[turns]):
+                turns += 1
+            if leaves[a].group_id != leaves[b].group_id or turns == 0:
+                continue
+            shared_turns += 1
+            turn_end = leaves[a].steps[turns - 1].observation_span[1] or leaves[a].steps[turns - 1].action_span[1]
+            common = set(plan.paths[a]) & set(plan.paths[b])
+            assert sum(plan.nodes[n].length for n in common) >= turn_end
+    assert shared_turns > 0 and len(leaves) == 2 * 2 * 3
+    _assert_trie_equals_plain(model, rows, keys, "sdpa")
