@@ -3,7 +3,8 @@
 Sampling and the update are different workloads: sampling decodes one token at a time over a
 cache, where PyTorch's fused `sdpa` kernel is fastest, while the update runs forward and
 backward over whole short sequences, where on a CPU the plain `eager` kernel (matmul + masked
-softmax) is faster: the RL update of the search demo takes 1.3 times less with it
+softmax) was faster where it was measured: the RL update of the search demo took 1.3 times
+less with it in bfloat16 on a CPU with native bfloat16, and about the same time in float32
 (benchmarks/shared_prefix_update.py, docs/benchmarks.md). The kernels compute the same
 attention; results differ by rounding only.
 """
