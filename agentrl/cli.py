@@ -190,8 +190,8 @@ def bench(
 ) -> None:
     """List the benchmarks, or run the named ones (extra --options go to the script).
 
-    Results are JSON files and tables; docs/benchmarks.md, docs/tools.md, docs/sandboxes.md and
-    docs/generation.md hold the measured figures. `make bench` runs the standard set.
+    Results are JSON files and tables; docs/benchmarks.md, docs/tools.md, docs/sandboxes.md,
+    docs/generation.md and docs/tree_grpo.md hold the measured figures. `make bench` runs the standard set.
     """
     import subprocess
 
