@@ -20,7 +20,7 @@ from agentrl.sandboxes import Sandbox, SandboxPool, create
 from agentrl.sandboxes.backends import bwrap_ready, docker_ready
 
 from _common import write_result
-from sandbox_latency import IN_SANDBOX_FORK, machine, percentiles
+from sandbox_latency import IN_SANDBOX_FORK, aligned_table, fmt, machine, percentiles
 
 # Small: what an agent's first turns leave behind (a few numbers, a dict, a function).
 SMALL_STATE = [
@@ -117,7 +117,7 @@ def table(results: dict[str, Any]) -> str:
 
     def add(label: str, key: str, field: str | None = "p50_ms") -> None:
         values = [b.get(key) if field is None else b.get(key, {}).get(field) for b in backends.values()]
-        rows.append((label, *[_fmt(v) for v in values]))
+        rows.append((label, *[fmt(v) for v in values]))
 
     add("copy into a warm pool sandbox, small state, p50 ms", "copy_pool_small")
     add("copy into a warm pool sandbox, small state, p99 ms", "copy_pool_small", "p99_ms")
@@ -131,18 +131,7 @@ def table(results: dict[str, Any]) -> str:
     add("snapshot size, small state, bytes", "small_snapshot_bytes", None)
     add("snapshot size, medium state, bytes", "medium_snapshot_bytes", None)
     add("os.fork inside the parent's sandbox (rejected), ms", "in_boundary_fork_ms", None)
-    width = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, width)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in width) + "|")
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    return aligned_table(rows)
 
 
 def main() -> None:

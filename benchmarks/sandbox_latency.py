@@ -173,7 +173,7 @@ def table(results: dict[str, Any]) -> str:
     rows = [("measure", *results["backends"].keys())]
 
     def add(label: str, key: str, field: str = "p50_ms") -> None:
-        rows.append((label, *[_fmt(b.get(key, {}).get(field)) for b in results["backends"].values()]))
+        rows.append((label, *[fmt(b.get(key, {}).get(field)) for b in results["backends"].values()]))
 
     add("start a sandbox, p50 ms", "start")
     add("print(1) warm, p50 ms", "print1")
@@ -185,24 +185,32 @@ def table(results: dict[str, Any]) -> str:
     add("fork (fresh sandbox), p50 ms", "fork_replay_cold")
     add("fork (warm pool sandbox), p50 ms", "fork_replay_pool")
     rows.append(("os.fork inside the sandbox (rejected option), ms",
-                 *[_fmt(b.get("in_boundary_fork_ms")) for b in results["backends"].values()]))
+                 *[fmt(b.get("in_boundary_fork_ms")) for b in results["backends"].values()]))
     rows.append(("pool of 4, 8 workers: calls/s",
-                 *[_fmt(b.get("pool", {}).get("calls_per_s")) for b in results["backends"].values()]))
+                 *[fmt(b.get("pool", {}).get("calls_per_s")) for b in results["backends"].values()]))
     rows.append(("pool of 4, 8 workers: trajectories/s (5 calls)",
-                 *[_fmt(b.get("pool", {}).get("trajectories_per_s")) for b in results["backends"].values()]))
+                 *[fmt(b.get("pool", {}).get("trajectories_per_s")) for b in results["backends"].values()]))
     base = results["baselines"]
     for name, label in (("docker_run", "fresh `docker run` per call"), ("subprocess", "fresh subprocess per call")):
         if name in base:
-            rows.append((f"{label}, p50 ms", _fmt(base[name]["p50_ms"]), ""))
+            rows.append((f"{label}, p50 ms", fmt(base[name]["p50_ms"]), ""))
+    return aligned_table(rows)
+
+
+def aligned_table(rows: list[tuple]) -> str:
+    """A markdown table whose first row is the header, columns padded to line up."""
     width = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, width)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in width) + "|")
     return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A table cell: "-" for a missing value, integers as they are, 2 decimals below 100."""
     if value is None:
         return "-"
+    if isinstance(value, int):
+        return str(value)
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 

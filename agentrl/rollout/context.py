@@ -53,7 +53,7 @@ class RolloutContext:
     def __init__(self, num_tasks: int, seed: int | None) -> None:
         self.num_tasks = num_tasks
         self.seed = seed
-        self._episodes: dict[int, list[Episode]] = defaultdict(list)
+        self._started: list[Episode] = []
         self._next_traj: dict[int, int] = defaultdict(int)
         self._next_tree: dict[int, int] = defaultdict(int)
         self._next_node: dict[int, int] = defaultdict(lambda: 1)  # node 0 is the prompt (root)
@@ -83,9 +83,10 @@ class RolloutContext:
         return EpisodeRequest(episode.group_id, self._new_traj_id(episode.group_id), episode.tree_id,
                               episode, at_turn)
 
-    def episodes(self, group_id: int) -> list[Episode]:
-        """Every episode of the group started so far (live, finished and failed), in order."""
-        return list(self._episodes[group_id])
+    def episodes(self, group_id: int | None = None) -> list[Episode]:
+        """Every episode started so far (live, finished and failed), in order; only group
+        `group_id`'s when it is given."""
+        return [e for e in self._started if group_id is None or e.group_id == group_id]
 
     def rng(self, *key: int) -> random.Random:
         """A random generator for a strategy decision named by `key`, fixed by the seed."""
@@ -94,7 +95,7 @@ class RolloutContext:
     # --- for the engine ----------------------------------------------------------------------
 
     def add(self, episode: Episode) -> None:
-        self._episodes[episode.group_id].append(episode)
+        self._started.append(episode)
 
     def new_node(self, group_id: int) -> int:
         node = self._next_node[group_id]

@@ -118,15 +118,13 @@ class RolloutEngine:
         wants_fork = getattr(strategy, "keep_fork", lambda episode: True)
         # One cache of stateless tool results per task: a group's repeated searches run once.
         tool_caches: dict[int, ToolCache] = defaultdict(ToolCache)
+        # Starts requested episodes; the context keeps every episode started.
         start = partial(self._start, make_env, tasks, tool_caches, rollout, budgets)
-        episodes: list[Episode] = []
 
         def refill(failed: list[Episode]) -> None:
             """Replacements for episodes the infrastructure ended (and for theirs, in turn)."""
             while failed:
-                new = start(strategy.refill(failed, rollout))
-                episodes.extend(new)
-                failed = [e for e in new if e.infra_error]
+                failed = [e for e in start(strategy.refill(failed, rollout)) if e.infra_error]
 
         # Every turn's prompt continues the episode's previous prompt and completion, and a
         # branch continues its parent's, so a generator that keeps their keys and values
@@ -135,26 +133,23 @@ class RolloutEngine:
         prefix_cache = getattr(self.generator, "prefix_cache", None) if policy is None else None
         try:
             with prefix_cache() if prefix_cache is not None else contextlib.nullcontext():
-                episodes.extend(start(strategy.start(len(tasks), rollout)))
-                refill([e for e in episodes if e.infra_error])
-                active = [e for e in episodes if not e.done]
+                refill([e for e in start(strategy.start(len(tasks), rollout)) if e.infra_error])
+                active = [e for e in rollout.episodes() if not e.done]
                 while active:
                     taken = self._round(active, params, budgets, act, rollout)
                     if keep_forks:
                         self._keep_forks([e for e, _ in taken if not e.done and wants_fork(e)],
                                          rollout, budgets)
                     refill([e for e, _ in taken if e.infra_error])
-                    new = start(strategy.after_round(taken, rollout))
-                    episodes.extend(new)
-                    refill([e for e in new if e.infra_error])
-                    active = [e for e in episodes if not e.done]
+                    refill([e for e in start(strategy.after_round(taken, rollout)) if e.infra_error])
+                    active = [e for e in rollout.episodes() if not e.done]
         finally:
             if close_envs:
-                _close_all([e.env for e in episodes] + list(rollout.node_forks.values()))
+                _close_all([e.env for e in rollout.episodes()] + list(rollout.node_forks.values()))
 
         groups: dict[int, Group] = {}
-        for group_id in sorted({e.group_id for e in episodes}):
-            members = [e for e in episodes if e.group_id == group_id]
+        for group_id in sorted({e.group_id for e in rollout.episodes()}):
+            members = rollout.episodes(group_id)
             kept = strategy.finish(members) if hasattr(strategy, "finish") else members
             group = groups[group_id] = Group(group_id=group_id, task=dict(tasks[group_id]))
             group.trajectories = [e.to_trajectory() for e in kept]
@@ -213,6 +208,7 @@ class RolloutEngine:
                                   "and options only, so branches of one task start alike")
             return episode, {"branches": 1}
         counts = {"branches": 1.0}
+        env = None
         try:
             env = self._env_after(source, k, rollout)
             if env is None:  # the env cannot fork: replay its first k actions on a fresh one
@@ -221,6 +217,7 @@ class RolloutEngine:
         except BranchError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed fork loses one branch, not the run
+            _close_all([env])
             branch = source.prefix(k, None, request.traj_id)
             branch.done, branch.truncated = True, True
             branch.infra_error = f"branch failed: {type(exc).__name__}: {exc}"

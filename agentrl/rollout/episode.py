@@ -86,7 +86,7 @@ class Episode:
             anchor=anchor,
             tree_id=self.tree_id,
             steps=copy.deepcopy(self.steps[:at_turn]),
-            success=bool(info.get("success", False)) if at_turn else False,
+            success=bool(info.get("success", False)),
             last_info=info,
             branched_from=(self.traj_id, at_turn),
         )

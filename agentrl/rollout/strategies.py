@@ -22,14 +22,12 @@ finished episodes at random nodes. `make_strategy` builds one from the recipe's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from agentrl.rollout.context import EpisodeRequest, RolloutContext
 from agentrl.rollout.episode import Episode
+from agentrl.rollout.tree_strategy import TreeStrategy
 from agentrl.types import Completion, SamplingParams
-
-if TYPE_CHECKING:
-    from agentrl.config import StrategyConfig
 
 
 class Strategy(Protocol):
@@ -97,10 +95,9 @@ class ChainStrategy:
         return list(episodes)
 
 
-def make_strategy(config: "StrategyConfig | str", *, group_size: int) -> Any:
-    """The strategy a recipe's `rollout.strategy` names (`group_size` is chain's G)."""
-    from agentrl.rollout.tree_strategy import TreeStrategy
-
+def make_strategy(config: Any, *, group_size: int) -> Any:
+    """The strategy a recipe's `rollout.strategy` section names: its `name` (or just a name)
+    and, for `tree`, its `m`, `n`, `l` and `k`. `group_size` is chain's G."""
     name = config if isinstance(config, str) else config.name
     if name == "chain":
         return ChainStrategy(group_size)

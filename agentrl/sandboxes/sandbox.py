@@ -501,22 +501,17 @@ class Sandbox(abc.ABC):
         parent (empty when the copy is exact). Raises _CopyRejected when it could not load it
         (this sandbox is then in an unknown state and must be closed)."""
         timeout = self.limits.start_timeout
-        with self._lock:
-            self._check_open()
-            if self._channel is None:
-                self._launch_and_ping()
-            assert self._channel is not None
-            try:
-                answer, _ = self._channel.request(
-                    {"op": "restore", "timeout": timeout}, snapshot, time.monotonic() + timeout + self.limits.grace, 0
-                )
-            except (ChannelClosed, ChannelTimeout, ProtocolError) as exc:
-                self._discard()
-                raise _CopyRejected(f"{type(exc).__name__}: {exc}") from None
+        try:
+            answer, _ = self._file_op({"op": "restore", "timeout": timeout}, snapshot,
+                                      timeout + self.limits.grace, 0)
+        except (SandboxClosedError, SandboxStartError):
+            raise
+        except SandboxError as exc:  # no answer (the sandbox was stopped), or an error answer
+            raise _CopyRejected(str(exc)[:500]) from None
         differences = answer.get("inexact")
         if answer.get("ok") is True and isinstance(differences, list):
             return [str(d) for d in differences]
-        raise _CopyRejected(str(answer.get("error") or answer)[:500])
+        raise _CopyRejected(str(answer)[:500])
 
     def _replay(self, history: list[_Call]) -> int:
         """Run `history` (a parent's calls) again here; return how many printed something
