@@ -35,7 +35,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from agentrl.generation.prefix_tree import KV, NO_PREFIX, CachedPrefix, KVPrefixTree
 from agentrl.generation.seeding import row_seeds
-from agentrl.models.kv_cache import cache_kwargs
+from agentrl.models.kv_cache import cache_kwargs, layer_states
 from agentrl.models.precision import autocast as autocast_to
 from agentrl.types import Completion, FinishReason, SamplingParams
 
@@ -153,7 +153,7 @@ class HFGenerator:
         def keys_values_from(start: int) -> KV:
             # Indexing with a tensor copies: only the positions the cache lacks are kept.
             real = attention_mask[j].nonzero().squeeze(-1)[start:]
-            return [(layer.keys[j][:, real], layer.values[j][:, real]) for layer in cache.layers]
+            return [(keys[j][:, real], values[j][:, real]) for keys, values in layer_states(cache)]
 
         self._prefixes.insert(sequence, keys_values_from)
 

@@ -16,11 +16,22 @@ import torch
 
 
 @functools.cache
-def _cache_argument(forward_owner: type) -> str:
-    parameters = inspect.signature(forward_owner.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+def _forward_parameters(forward_owner: type) -> frozenset[str]:
+    return frozenset(inspect.signature(forward_owner.forward).parameters)
+
+
+def forward_parameters(model: torch.nn.Module) -> frozenset[str]:
+    """The argument names `model`'s forward declares."""
+    return _forward_parameters(type(model))
 
 
 def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
     """`{name: cache}` for `model(...)`, with the name its forward takes."""
-    return {_cache_argument(type(model)): cache}
+    return {"cache" if "cache" in forward_parameters(model) else "past_key_values": cache}
+
+
+def layer_states(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (keys, values) [batch, heads, slots, dim] of a DynamicCache."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))

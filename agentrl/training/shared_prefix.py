@@ -45,8 +45,6 @@ other model `token_logprobs` falls back to a plain forward.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Hashable, Sequence
@@ -54,7 +52,7 @@ from typing import Hashable, Sequence
 import torch
 from transformers import DynamicCache
 
-from agentrl.models import cache_kwargs
+from agentrl.models.kv_cache import cache_kwargs, forward_parameters, layer_states
 
 
 @dataclass(frozen=True)
@@ -166,17 +164,12 @@ def _split_by_token(token_ids: Sequence[Sequence[int]], rows: list[int], positio
     return list(branches.values())
 
 
-@functools.cache
-def _forward_parameters(model_type: type) -> frozenset[str]:
-    return frozenset(inspect.signature(model_type.forward).parameters)
-
-
 def supports_shared_prefix(model: torch.nn.Module) -> bool:
     """Whether `model` can run `shared_prefix_logits`: a Hugging Face causal LM whose forward
     takes a `DynamicCache` and `position_ids`, with full attention in every layer (a sliding
     window would drop the ancestors' keys that the cache hands over)."""
     config = getattr(model, "config", None)
-    parameters = _forward_parameters(type(model))
+    parameters = forward_parameters(model)
     if config is None or "position_ids" not in parameters:
         return False
     if not ({"cache", "past_key_values"} & parameters):
@@ -264,17 +257,10 @@ def _ancestor_cache(model: torch.nn.Module, previous: DynamicCache, plan: Prefix
         mask[i, :parent.start + parent.length] = 1
     rows, slots = rows.to(device), slots.to(device)
     cache = DynamicCache(config=model.config)
-    for layer, (keys, values) in enumerate(_layer_states(previous)):
+    for layer, (keys, values) in enumerate(layer_states(previous)):
         # [N, heads, slots, dim][rows, :, slots] -> [M, width, heads, dim]; differentiable indexing
         cache.update(keys[rows, :, slots].transpose(1, 2), values[rows, :, slots].transpose(1, 2), layer)
     return cache, mask.to(device)
-
-
-def _layer_states(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's (keys, values) [batch, heads, slots, dim] of a DynamicCache, across transformers versions."""
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))
 
 
 def _check_plan_fits(plan: PrefixPlan, attention_mask: torch.Tensor) -> None:
