@@ -104,13 +104,49 @@ class TreeStrategyConfig(_Section):
         return self.k if self.k is not None else 1 + self.l * self.n
 
 
+class EntropyStrategyConfig(_Section):
+    """`entropy` (ARPO): per task `initial` rollouts, grown to `n` by branching a rollout right
+    after a tool result with probability clip(p0 + beta * (H - H0), 0, 1), H the step entropy
+    of the segment it just generated and H0 its first one (docs/arpo.md)."""
+
+    name: Literal["entropy"] = "entropy"
+    initial: int = Field(8, ge=1, description="rollouts per task started from the prompt")
+    n: int = Field(16, ge=1, description="rollouts per task in all (the group size)")
+    beam: int = Field(2, description="a source makes at most beam - 1 branches per round")
+    p0: float = Field(0.5, ge=0.0, le=1.0, description="branch probability at unchanged entropy")
+    beta: float = Field(0.2, description="added to the probability per unit of entropy rise")
+    entropy_tokens: int = Field(20, ge=1, description="k: the first k positions of a segment")
+    entropy_top_k: int = Field(10, ge=1, description="k': top log-probs per position")
+    #: "reference": also the sampled token's log-prob where it is outside the top k' (as vLLM
+    #: returns them to the reference code); "strict": exactly the k' largest.
+    entropy_logprobs: Literal["reference", "strict"] = "reference"
+
+    @model_validator(mode="after")
+    def _budget(self) -> EntropyStrategyConfig:
+        if self.initial > self.n:
+            raise PydanticCustomError(
+                "entropy_initial",
+                "initial={initial} rollouts per task exceed n={n}, the group size they grow to; "
+                "set initial at most n (the reference uses initial 8, n 16)",
+                {"initial": self.initial, "n": self.n})
+        if self.beam < 2:
+            raise PydanticCustomError(
+                "entropy_beam",
+                "beam={beam} allows no branch (a source makes at most beam - 1 per round); set "
+                "beam to 2 or more (the reference uses 2)", {"beam": self.beam})
+        return self
+
+
 #: One settings model per strategy, told apart by `name` (a wrong or missing field names itself).
-StrategyConfig = Annotated[Union[ChainStrategyConfig, TreeStrategyConfig], Field(discriminator="name")]
-STRATEGY_CONFIGS: dict[str, type[_Section]] = {"chain": ChainStrategyConfig, "tree": TreeStrategyConfig}
+StrategyConfig = Annotated[Union[ChainStrategyConfig, TreeStrategyConfig, EntropyStrategyConfig],
+                           Field(discriminator="name")]
+STRATEGY_CONFIGS: dict[str, type[_Section]] = {
+    "chain": ChainStrategyConfig, "tree": TreeStrategyConfig, "entropy": EntropyStrategyConfig}
 
 
 class RolloutConfig(_Section):
     #: `chain`, or a mapping with the strategy's settings: {name: tree, m: 2, n: 2, l: 1, k: 3}
+    #: or {name: entropy, initial: 8, n: 16, beam: 2}
     strategy: StrategyConfig = ChainStrategyConfig()
     group_size: int = Field(8, ge=1, description="G: rollouts per task (strategy chain)")
     tasks_per_iteration: int = Field(16, ge=1)
@@ -130,11 +166,13 @@ class RolloutConfig(_Section):
 
     @model_validator(mode="after")
     def _group_size_is_chains(self) -> RolloutConfig:
-        if self.strategy.name == "tree" and "group_size" in self.model_fields_set:
+        holds = {"tree": "a tree's group holds m x k leaves (rollout.strategy.m and .k)",
+                 "entropy": "an entropy group holds n rollouts (rollout.strategy.n)"}
+        if self.strategy.name in holds and "group_size" in self.model_fields_set:
             raise PydanticCustomError(
-                "tree_group_size",
-                "rollout.group_size is the chain strategy's G; a tree's group holds m x k leaves "
-                "(rollout.strategy.m and .k), so leave group_size out",
+                "branching_group_size",
+                "rollout.group_size is the chain strategy's G; {holds}, so leave group_size out",
+                {"holds": holds[self.strategy.name]},
             )
         return self
 
@@ -143,14 +181,21 @@ class RolloutConfig(_Section):
         """Trajectories each task's group holds."""
         if isinstance(self.strategy, TreeStrategyConfig):
             return self.strategy.m * self.strategy.leaves
+        if isinstance(self.strategy, EntropyStrategyConfig):
+            return self.strategy.n
         return self.group_size
 
 
 class AlgorithmConfig(_Section):
     """Advantage estimator, loss and group filter (docs/algorithms.md)."""
 
-    #: An estimator registered in agentrl.algorithms.ADVANTAGE_ESTIMATORS: grpo, gigpo, tree_grpo
+    #: An estimator registered in agentrl.algorithms.ADVANTAGE_ESTIMATORS: grpo, gigpo, tree_grpo,
+    #: arpo
     advantage: str = "grpo"
+    #: ARPO's credit for turns that several rollouts share (advantage arpo): "soft" (the
+    #: reference code: GRPO over the task's rollouts) or "hard" (the paper: a shared turn gets
+    #: the mean advantage of the rollouts that share it, and is trained once).
+    attribution: Literal["soft", "hard"] = "soft"
     #: "std" (GRPO), "mean" (Dr. GRPO; GiGPO's reference default) or "loo" (RLOO, GRPO only).
     norm: Literal["std", "mean", "loo"] = "std"
     gamma: float = Field(0.95, ge=0.0, le=1.0)
@@ -196,6 +241,12 @@ class AlgorithmConfig(_Section):
                 "algorithm.advantage=tree_grpo divides both of its terms by the std (as the "
                 "reference does); set algorithm.norm=std",
             )
+        if self.attribution == "hard" and self.advantage != "arpo":
+            raise PydanticCustomError(
+                "attribution_needs_arpo",
+                "algorithm.attribution=hard is ARPO's credit for shared turns and advantage={advantage} "
+                "does not read it; set algorithm.advantage=arpo or leave attribution out",
+                {"advantage": self.advantage})
         # RLOO's leave-one-out baseline has no GiGPO counterpart (neither the paper nor the
         # reference code defines one); refuse it rather than silently use another norm.
         if self.advantage == "gigpo" and self.norm == "loo":

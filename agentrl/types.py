@@ -100,6 +100,8 @@ class Trajectory:
       leaf. Trajectories of one group whose node paths start alike share those turns token for
       token; `tree_id` names the tree of the group the trajectory belongs to (chain rollouts:
       one tree per trajectory).
+    - branched_from == (source traj_id, k) for a branch that continued trajectory `source`
+      after its turn k (its first k steps are the source's), None for a rollout from the prompt.
     """
 
     token_ids: list[int]
@@ -114,6 +116,7 @@ class Trajectory:
     traj_id: int = 0
     tree_id: int = 0
     node_path: tuple[int, ...] = ()
+    branched_from: tuple[int, int] | None = None
     task: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -139,6 +142,7 @@ class Trajectory:
             "traj_id": self.traj_id,
             "tree_id": self.tree_id,
             "node_path": list(self.node_path),
+            "branched_from": list(self.branched_from) if self.branched_from else None,
             "reward": self.reward,
             "success": self.success,
             "task": self.task,

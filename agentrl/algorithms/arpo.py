@@ -12,7 +12,10 @@ module holds the math; the round-based sampler that uses it lives in the rollout
   task, i.e. `grpo_advantages`. `hard` (paper only) is `arpo_hard_advantages`: tokens after a
   branch point get their own trajectory's advantage; tokens of a segment shared by several
   trajectories (the common prefix before the branch) get the mean advantage of the
-  trajectories sharing it.
+  trajectories sharing it. A shared segment is a copy in each sharing sequence; with equal
+  ratios the copies' summed loss with the mean advantage equals the summed loss with their own
+  advantages, so hard attribution differs from soft only where the segment is trained once:
+  `once=True` (what the `arpo` estimator uses) gives each of its m copies mean / m.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def arpo_hard_advantages(
     traj_advantages: Sequence[float] | np.ndarray,
     traj_segments: Sequence[Sequence[Hashable]],
     segment_lengths: Mapping[Hashable, int],
+    *,
+    once: bool = False,
 ) -> list[np.ndarray]:
     """Hard advantage attribution: per-token advantages, shared segments get the mean.
 
@@ -88,6 +93,10 @@ def arpo_hard_advantages(
         segment s holds the mean of traj_advantages over the trajectories that list s; a
         segment listed by one trajectory only therefore holds that trajectory's own advantage.
         Multiply by the loss mask to keep only action tokens.
+        With `once=True`, each of the m copies of a shared segment holds that mean divided by
+        m: the copies sit in m sequences of the batch, and summed over them the segment
+        carries its mean advantage once, as if it were trained as one sequence (with the
+        copies' equal ratios, the clipped loss is linear in the advantage, so this is exact).
 
     >>> out = arpo_hard_advantages([1.0, -1.0], [["p", "a"], ["p", "b"]], {"p": 2, "a": 1, "b": 1})
     >>> [x.tolist() for x in out]
@@ -107,7 +116,8 @@ def arpo_hard_advantages(
                     f"segment {segment!r} of trajectory {traj} has no entry in segment_lengths"
                 )
             members.setdefault(segment, set()).add(traj)
-    segment_value = {s: float(advantages[sorted(t)].mean()) for s, t in members.items()}
+    segment_value = {s: float(advantages[sorted(t)].mean()) / (len(t) if once else 1)
+                     for s, t in members.items()}
     return [
         np.concatenate(
             [np.full(segment_lengths[s], segment_value[s]) for s in segments] or [np.zeros(0)]

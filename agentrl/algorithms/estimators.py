@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from agentrl.algorithms.advantages import grpo_advantages
+from agentrl.algorithms.arpo import arpo_hard_advantages
 from agentrl.algorithms.broadcast import broadcast_to_tokens
 from agentrl.algorithms.gigpo import gigpo_advantages
 from agentrl.algorithms.tree_grpo import tree_grpo_advantages
@@ -63,6 +64,25 @@ def grpo(groups: Sequence[Group], settings: Any) -> list[np.ndarray]:
     trajs = [t for g in groups for t in g.trajectories]
     values = grpo_advantages([t.reward for t in trajs], [t.group_id for t in trajs], norm=settings.norm)
     return _per_trajectory(values, trajs)
+
+
+@register_advantage("arpo")
+def arpo(groups: Sequence[Group], settings: Any) -> list[np.ndarray]:
+    """ARPO: GRPO over the task's rollouts (`settings.attribution` soft, the reference code), or
+    with hard attribution (the paper): a turn several rollouts share (a branch copies its
+    source's turns, node ids included) gets the mean advantage of those rollouts, spread over
+    its copies so that the batch trains it once (`arpo_hard_advantages(once=True)`)."""
+    trajs = [t for g in groups for t in g.trajectories]
+    values = grpo_advantages([t.reward for t in trajs], [t.group_id for t in trajs], norm=settings.norm)
+    if getattr(settings, "attribution", "soft") == "soft":
+        return _per_trajectory(values, trajs)
+    # A turn's key: its node in the group's tree (node 0, the root, marks a turn the engine
+    # did not number, e.g. a hand-built trajectory: that turn is its own).
+    turns = [[(t.group_id, s.node_id) if s.node_id else ("own", i, k)
+              for k, s in enumerate(t.steps)] for i, t in enumerate(trajs)]
+    per_turn = arpo_hard_advantages(values, turns, {key: 1 for keys in turns for key in keys}, once=True)
+    return [broadcast_to_tokens(v, [s.action_span for s in t.steps], len(t.token_ids))
+            for v, t in zip(per_turn, trajs)]
 
 
 @register_advantage("tree_grpo")

@@ -39,6 +39,10 @@ class Generator(Protocol):
       rollout engine passes one seed per (rollout, group, trajectory, turn), so no two turns,
       rows or branches of a run share noise and one run seed reproduces the run.
 
+    Optional: a backend that fills `top_logprobs` says so with `returns_top_logprobs = True`;
+    a strategy that measures entropy from them (ARPO's `entropy`) refuses any other backend
+    before the rollout starts.
+
     Optional: a backend with a `prefix_cache()` context manager (HFGenerator) may reuse the
     keys and values of earlier prompt + completion pairs inside it; `RolloutEngine.run` opens
     one per run, while the weights cannot change. It then reports the reused prompt tokens in

@@ -54,6 +54,9 @@ class HFGenerator:
     every row, identical prompts included (for comparisons; the results are the same).
     """
 
+    #: fills `Completion.top_logprobs` when `SamplingParams.top_logprobs` > 0
+    returns_top_logprobs = True
+
     def __init__(
         self,
         model: PreTrainedModel,

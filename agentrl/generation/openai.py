@@ -46,6 +46,9 @@ class OpenAIGenerator:
     Use as a context manager or call `close()` to release the HTTP connection pool.
     """
 
+    #: fills `Completion.top_logprobs` from the server's `logprobs.top_logprobs` (vLLM returns them)
+    returns_top_logprobs = True
+
     def __init__(
         self,
         base_url: str,

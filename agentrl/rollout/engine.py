@@ -40,6 +40,7 @@ from agentrl.envs.base import EnvForkError
 from agentrl.envs.tool_env import ToolEnv
 from agentrl.rollout.chat import ChatTemplater
 from agentrl.rollout.context import BranchError, EpisodeRequest, RolloutContext
+from agentrl.rollout.entropy_strategy import EntropyUnmeasurable
 from agentrl.rollout.episode import Episode
 from agentrl.rollout.strategies import Strategy
 from agentrl.tools.cache import ToolCache
@@ -111,6 +112,12 @@ class RolloutEngine:
         """
         act = policy or self._generate
         params = strategy.sampling_params(self.sampling)
+        if params.top_logprobs > 0 and policy is None and not getattr(self.generator, "returns_top_logprobs", False):
+            raise EntropyUnmeasurable(
+                f"{type(strategy).__name__} needs the top-{params.top_logprobs} log-probs of every "
+                f"sampled token, and {type(self.generator).__name__} does not return them "
+                "(returns_top_logprobs is not True); use HFGenerator or OpenAIGenerator, or fill "
+                "Completion.top_logprobs in yours and set returns_top_logprobs = True on it")
         budgets: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         rollout = RolloutContext(len(tasks), params.seed)
         keep_forks = bool(getattr(strategy, "keep_node_forks", False))

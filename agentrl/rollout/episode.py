@@ -109,6 +109,7 @@ class Episode:
             traj_id=self.traj_id,
             tree_id=self.tree_id,
             node_path=self.node_path,
+            branched_from=self.branched_from,
             task=self.task,
             info={
                 "truncated": self.truncated,

@@ -16,8 +16,9 @@ Each returns the requests; the engine starts them (concurrently), assigns every 
 env forks at every node when the strategy sets `keep_node_forks` (of the episodes its optional
 `keep_fork(episode)` names: those it may still branch from). `chain` (G independent
 rollouts per task) never branches; `tree` (Tree-GRPO, `agentrl.rollout.tree_strategy`) branches
-finished episodes at random nodes. `make_strategy` builds one from the recipe's
-`rollout.strategy` section.
+finished episodes at random nodes; `entropy` (ARPO, `agentrl.rollout.entropy_strategy`) branches
+live episodes right after a tool result where the model's entropy rose. `make_strategy`
+builds one from the recipe's `rollout.strategy` section.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 from agentrl.rollout.context import EpisodeRequest, RolloutContext
+from agentrl.rollout.entropy_strategy import EntropyStrategy
 from agentrl.rollout.episode import Episode
 from agentrl.rollout.tree_strategy import TreeStrategy
 from agentrl.types import Completion, SamplingParams
@@ -95,13 +97,25 @@ class ChainStrategy:
         return list(episodes)
 
 
-def make_strategy(config: Any, *, group_size: int) -> Any:
+def make_strategy(config: Any, *, group_size: int, vocab_size: int | None = None) -> Any:
     """The strategy a recipe's `rollout.strategy` section names: its `name` (or just a name)
-    and, for `tree`, its `m`, `n`, `l` and `k`. `group_size` is chain's G."""
+    and its settings (tree: `m`, `n`, `l`, `k`; entropy: `initial`, `n`, `beam`, ...).
+    `group_size` is chain's G; `vocab_size` (|V|, the tokenizer's) normalises entropy's step
+    entropy."""
     name = config if isinstance(config, str) else config.name
     if name == "chain":
         return ChainStrategy(group_size)
     if name == "tree" and not isinstance(config, str):
         return TreeStrategy(m=config.m, n=config.n, l=config.l, k=config.k)
-    raise ValueError(f"unknown rollout strategy {name!r}; available: chain, tree "
-                     "(tree takes its settings: rollout.strategy={name: tree, m: 2, n: 2, l: 1})")
+    if name == "entropy" and not isinstance(config, str):
+        if vocab_size is None:
+            raise ValueError("the entropy strategy normalises step entropy by log |V|; pass "
+                             "make_strategy(..., vocab_size=len(tokenizer))")
+        return EntropyStrategy(initial=config.initial, n=config.n, beam=config.beam,
+                               vocab_size=vocab_size, p0=config.p0, beta=config.beta,
+                               entropy_tokens=config.entropy_tokens,
+                               entropy_top_k=config.entropy_top_k,
+                               entropy_logprobs=config.entropy_logprobs)
+    raise ValueError(f"unknown rollout strategy {name!r}; available: chain, tree, entropy "
+                     "(tree and entropy take their settings: rollout.strategy={name: tree, m: 2, "
+                     "n: 2, l: 1} or {name: entropy, initial: 8, n: 16, beam: 2})")

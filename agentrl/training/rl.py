@@ -92,7 +92,7 @@ class RLTrainer:
                                     max_total_tokens=rcfg.max_total_tokens,
                                     env_workers=rcfg.env_workers,
                                     check_template=rcfg.check_template)
-        self.strategy = make_strategy(rcfg.strategy, group_size=rcfg.group_size)
+        self.strategy = make_strategy(rcfg.strategy, group_size=rcfg.group_size, vocab_size=len(tokenizer))
         self.optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tuple(tcfg.betas))
         total_steps = tcfg.iterations * tcfg.ppo_epochs * tcfg.mini_batches
         self.scheduler = warmup_cosine(self.optimizer, tcfg.warmup_steps, total_steps, tcfg.min_lr_ratio)
