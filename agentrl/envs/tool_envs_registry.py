@@ -1,4 +1,4 @@
-"""Registration of the built-in tool environments (SearchQA, WebQA, Code, Calc)."""
+"""Registration of the built-in tool environments (SearchQA, WebQA, Code, Calc, SearchPythonQA)."""
 
 from __future__ import annotations
 
@@ -25,4 +25,10 @@ register(
     "agentrl/Calc-v0",
     "agentrl.envs.tasks.calc:Calc",
     "Arithmetic too large for the head (5-digit products), solved by calling python.",
+)
+register(
+    "agentrl/SearchPythonQA-v0",
+    "agentrl.envs.tasks.search_python_qa:SearchPythonQA",
+    "Questions over an invented world with numbers (years, head counts, populations): search two "
+    "facts, compute with python, answer; ARPO's search + python setting.",
 )

@@ -18,7 +18,8 @@ from agentrl.tools.bm25 import BM25Index
 from agentrl.tools.corpus import Document, QAExample, write_corpus_jsonl, write_qa_jsonl
 from agentrl.tools.retriever_server import RetrieverServer
 
-TOOL_ENVS = ["agentrl/SearchQA-v0", "agentrl/WebQA-v0", "agentrl/Code-v0", "agentrl/Calc-v0"]
+TOOL_ENVS = ["agentrl/SearchQA-v0", "agentrl/WebQA-v0", "agentrl/Code-v0", "agentrl/Calc-v0",
+             "agentrl/SearchPythonQA-v0"]
 
 
 def _play_oracle(env, seed=0, **options):
