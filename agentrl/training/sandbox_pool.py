@@ -24,13 +24,26 @@ from agentrl.config import Config, ConfigError
 def episodes_at_once(config: Config) -> dict[str, int]:
     """The largest rounds of a run: how many episodes each stage runs together."""
     rollout = config.rollout
+    per_task, count = rollouts_per_task(config)
     rounds = {
-        "rollout.tasks_per_iteration x rollout.group_size": rollout.tasks_per_iteration * rollout.group_size,
+        f"rollout.tasks_per_iteration x {per_task}": rollout.tasks_per_iteration * count,
         "eval.tasks": config.eval.tasks,
     }
     if config.sft.demos > 0:
         rounds["sft.demos"] = config.sft.demos
     return rounds
+
+
+def rollouts_per_task(config: Config) -> tuple[str, int]:
+    """The rollouts of one task that may run at once, and the settings that make them: chain's
+    G; every leaf a tree grows; the n rollouts ARPO grows a task to (branches included, each
+    holding a sandbox forked from its source's)."""
+    strategy, rollout = config.rollout.strategy, config.rollout
+    if strategy.name == "tree":
+        return "rollout.strategy m x (1 + l x n)", strategy.m * (1 + strategy.l * strategy.n)
+    if strategy.name == "entropy":
+        return "rollout.strategy.n", strategy.n
+    return "rollout.group_size", rollout.group_size
 
 
 def env_takes_pool(env_id: str) -> bool:

@@ -107,6 +107,25 @@ def test_the_code_recipe_reaches_its_first_rl_iteration(tmp_path, sandbox_backen
     assert rl[0]["rollout/infra_errors"] == 0
 
 
+def test_the_code_arpo_recipe_reaches_its_first_rl_iteration(tmp_path, sandbox_backend):
+    """recipes/code_arpo.yaml, shrunk to one RL iteration of 2 problems grown to 2 rollouts each
+    (p0 = 1: every rollout that tries code is branched right after the result)."""
+    from agentrl.config import load_config
+    from agentrl.training.run import run_training
+
+    config = load_config(REPOSITORY / "recipes" / "code_arpo.yaml", [
+        f"run.out_dir={tmp_path}", f"sandbox.backend={sandbox_backend}", "sandbox.pool_size=8",
+        "sft.demos=8", "sft.epochs=1", "eval.tasks=4", "rollout.tasks_per_iteration=2",
+        "rollout.strategy={name: entropy, initial: 1, n: 2, p0: 1.0}", "train.iterations=1",
+    ])
+    assert config.rollout.trajectories_per_task == 2 and config.algorithm.advantage == "arpo"
+    run_training(config)
+    records = [json.loads(line) for line in (tmp_path / config.run.name / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in records if "reward/mean" in r]
+    assert len(rl) == 1 and rl[0]["rollout/trajectories"] == 4
+    assert rl[0]["rollout/infra_errors"] == 0
+
+
 @pytest.mark.parametrize("override, message", [
     ("sandbox.pool_size=16", "sandbox.pool_size=16 is smaller than the 32 episodes that run at once "
                              "(rollout.tasks_per_iteration x rollout.group_size)"),
