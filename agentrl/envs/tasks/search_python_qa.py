@@ -22,7 +22,7 @@ used; so the oracle earns 1.1 on arithmetic questions and 1.0 on plain ones.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, Sequence, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from agentrl.tools.search import SearchArgs, SearchTool
 from agentrl.tools.runner import run_sync
 
 Split = Literal["train", "test", "all"]
+AnyQuestion = TypeVar("AnyQuestion", Question, ArithmeticQuestion)
 Worlds = Literal["fixed", "per_episode"]
 SYSTEM_PROMPT = ("Answer the question. Look facts up with search, compute with python, "
                  "one call per turn.\n{tools}")
@@ -165,7 +166,7 @@ class SearchPythonQA(ToolEnv):
         templates = tuple(dict.fromkeys(q.template for q in plain))
         return plain_task(_uniform_by_template(plain, templates, rng), id_prefix)
 
-    def _questions(self, questions: list, config: WorldConfig) -> list:
+    def _questions(self, questions: list[AnyQuestion], config: WorldConfig) -> list[AnyQuestion]:
         """All of a per-episode world's questions, or the fixed world's split of them."""
         return questions if self.per_episode else split_questions(questions, self.split, config.seed)
 
@@ -189,7 +190,8 @@ class SearchPythonQA(ToolEnv):
         return messages
 
 
-def _uniform_by_template(questions: list, templates: tuple[str, ...], rng: np.random.Generator) -> Any:
+def _uniform_by_template(questions: Sequence[AnyQuestion], templates: tuple[str, ...],
+                         rng: np.random.Generator) -> AnyQuestion:
     """A template uniformly among those with questions, then one of its questions uniformly."""
     present = [t for t in templates if any(q.template == t for q in questions)]
     if not present:
