@@ -20,6 +20,8 @@ from agentrl.rollout.strategies import ChainStrategy
 from agentrl.types import Completion, SamplingParams, Trajectory
 
 Policy = Callable[[list[Episode], SamplingParams], list[Completion]]
+#: Demonstrations written at a time for envs that run code (each holds a sandbox).
+DEMO_CHUNK = 256
 MistakeAt = Literal["start", "any"]
 
 
@@ -71,19 +73,31 @@ def _as_completion(tokenizer: Any, text: str, stop_strings: Sequence[str]) -> Co
 def collect_demonstrations(
     make_env: Callable[[], Any], seeds: Sequence[int], tokenizer: Any, *,
     max_total_tokens: int = 4096, env_workers: int = 4, mistake_rate: float = 0.0,
-    mistake_at: MistakeAt = "start", seed: int = 0,
+    mistake_at: MistakeAt = "start", seed: int = 0, chunk: int | None = None,
 ) -> list[Trajectory]:
-    """One oracle episode per seed, as trajectories (loss mask 1 on the oracle's own actions)."""
-    mistakes: dict[tuple[int, int], set[int]] = {}
+    """One oracle episode per seed, as trajectories (loss mask 1 on the oracle's own actions).
+
+    With `chunk`, episodes run that many at a time (e.g. `DEMO_CHUNK`): an env that runs code
+    holds a sandbox until its episode ends, so thousands of demonstrations at once would start
+    thousands of sandboxes. Each chunk draws its mistakes from `seed` + its first index.
+    """
+    seeds = [int(s) for s in seeds]
+    chunk = len(seeds) or 1 if chunk is None else chunk
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    trajectories: list[Trajectory] = []
     engine = RolloutEngine(None, tokenizer, SamplingParams(), max_total_tokens=max_total_tokens,
                            env_workers=env_workers)
     with engine:
-        groups = engine.run(make_env, [{"seed": int(s)} for s in seeds], ChainStrategy(1),
-                            policy=oracle_policy(tokenizer, mistake_rate=mistake_rate, mistake_at=mistake_at,
-                                                 seed=seed, mistakes=mistakes))
-    trajectories = [t for g in groups for t in g.trajectories]
-    for trajectory in trajectories:
-        for turn in mistakes.get((trajectory.group_id, trajectory.traj_id), ()):
-            start, end = trajectory.steps[turn].action_span
-            trajectory.loss_mask[start:end] = [0] * (end - start)
+        for first in range(0, len(seeds), chunk):
+            mistakes: dict[tuple[int, int], set[int]] = {}
+            policy = oracle_policy(tokenizer, mistake_rate=mistake_rate, mistake_at=mistake_at,
+                                   seed=seed + first, mistakes=mistakes)
+            groups = engine.run(make_env, [{"seed": s} for s in seeds[first:first + chunk]],
+                                ChainStrategy(1), policy=policy)
+            for trajectory in (t for g in groups for t in g.trajectories):
+                for turn in mistakes.get((trajectory.group_id, trajectory.traj_id), ()):
+                    start, end = trajectory.steps[turn].action_span
+                    trajectory.loss_mask[start:end] = [0] * (end - start)
+                trajectories.append(trajectory)
     return trajectories

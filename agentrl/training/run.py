@@ -44,7 +44,7 @@ from agentrl.training.progress import progress as _progress
 from agentrl.training.progress import status
 from agentrl.training.report import comparison_table, plot_reward_curve, write_results
 from agentrl.training.rl import RLTrainer
-from agentrl.training.sandbox_pool import check_sandbox_settings, recipe_sandbox_pool
+from agentrl.training.sandbox_pool import check_sandbox_settings, demo_chunk, recipe_sandbox_pool
 from agentrl.training.sft import sft_train
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -196,7 +196,7 @@ def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console, pool
         demos = collect_demonstrations(make_env, seeds, tokenizer,
                                        max_total_tokens=config.rollout.max_total_tokens,
                                        mistake_rate=scfg.mistake_rate, mistake_at=scfg.mistake_at,
-                                       seed=config.run.seed)
+                                       seed=config.run.seed, chunk=demo_chunk(config))
     logger = MetricsLogger(run_dir, tensorboard=True)
     with _progress(console) as progress:
         task = progress.add_task("SFT warm-up", total=None, stats="", line_every=10)

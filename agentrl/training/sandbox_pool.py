@@ -30,8 +30,18 @@ def episodes_at_once(config: Config) -> dict[str, int]:
         "eval.tasks": config.eval.tasks,
     }
     if config.sft.demos > 0:
-        rounds["sft.demos"] = config.sft.demos
+        rounds["sft.demos"] = demo_chunk(config) or config.sft.demos
     return rounds
+
+
+def demo_chunk(config: Config) -> int | None:
+    """Demonstrations written at a time: `DEMO_CHUNK` for an env that runs code (its constructor
+    names a sandbox `pool`), all at once (None) for the others."""
+    from agentrl.rollout.demonstrations import DEMO_CHUNK
+
+    if not env_takes_pool(config.env.id, named=True):
+        return None
+    return min(DEMO_CHUNK, config.sft.demos)
 
 
 def rollouts_per_task(config: Config) -> tuple[str, int]:
@@ -46,13 +56,15 @@ def rollouts_per_task(config: Config) -> tuple[str, int]:
     return "rollout.group_size", rollout.group_size
 
 
-def env_takes_pool(env_id: str) -> bool:
-    """Whether the registered env's constructor has a `pool` argument."""
+def env_takes_pool(env_id: str, *, named: bool = False) -> bool:
+    """Whether the registered env's constructor has a `pool` argument (or, unless `named`,
+    takes any keyword)."""
     entry_point = gymnasium.spec(env_id).entry_point
     if isinstance(entry_point, str):
         entry_point = gymnasium.envs.registration.load_env_creator(entry_point)
     parameters = inspect.signature(entry_point).parameters.values()
-    return any(p.name == "pool" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    return any(p.name == "pool" or (not named and p.kind is inspect.Parameter.VAR_KEYWORD)
+               for p in parameters)
 
 
 def check_sandbox_settings(config: Config) -> None:
