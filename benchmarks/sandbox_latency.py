@@ -1,14 +1,18 @@
 """Sandbox latency benchmark: warm calls, state-carrying calls, fork, pool throughput, per backend,
-side by side with a fresh ``docker run`` per call and a fresh subprocess per call.
+side by side with a fresh ``docker run`` per call and a fresh subprocess per call; and forks under
+branching load (many live episodes forked at once, as ARPO and Tree-GRPO do after a tool call).
 
-    python benchmarks/sandbox_latency.py [--backends docker,bwrap] [--calls 200] [--out runs/bench/sandbox_latency.json]
+    python benchmarks/sandbox_latency.py [--backends docker,bwrap] [--parts calls,branching]
+        [--calls 200] [--rounds 20] [--concurrent 16] [--out runs/bench/sandbox_latency.json]
 
-Writes a JSON result and prints a table (docs/sandboxes.md keeps the latest one).
+Writes a JSON result and prints a table (docs/sandboxes.md keeps the latest one; the branching
+part is in its "Forks" section).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -137,6 +141,106 @@ def pool_throughput(backend: str, size: int = 4, workers: int = 8, trajectories:
     }
 
 
+# ---- forks under branching load ------------------------------------------------------------------
+
+# What an agent's first tool calls leave in a live episode: a few variables, a function defined in
+# a cell, a file written, random's generator advanced past the seed.
+BRANCH_PARENT_STATE = [
+    "import random, math\nrandom.seed(7)\nwarmup = [random.random() for _ in range(5)]\ndrawn = random.random()",
+    "prices = {'apple': 1.25, 'pear': 0.8}\nbasket = ['apple', 'pear', 'apple']",
+    "def total(items, tax=0.1):\n    return round(sum(prices[i] for i in items) * (1 + tax) + drawn, 6)",
+    "open('notes.txt', 'w').write('total %r' % total(basket))",
+]
+# What a child must show to be the parent's exact copy (it changes no state).
+BRANCH_CHECK = "print(repr(drawn), total(basket), open('notes.txt').read(), hash(random.getstate()))"
+
+
+def branch_parent(sandbox: Any) -> str:
+    """Build the parent state in `sandbox`; return what `BRANCH_CHECK` prints there."""
+    for cell in BRANCH_PARENT_STATE:
+        result = sandbox.run(cell)
+        if not result.ok:
+            raise RuntimeError(f"benchmark cell failed: {result.stderr}")
+    return sandbox.run(BRANCH_CHECK).stdout
+
+
+def check_branch(child: Any, expected: str) -> None:
+    """Raise unless `child` is an exact fork: `fork_exact`, and the variables, the function,
+    the file and random's state are the parent's."""
+    if not child.fork_exact:
+        raise RuntimeError(f"the benchmark fork was not exact: {child.fork_note}")
+    shown = child.run(BRANCH_CHECK).stdout
+    if shown != expected:
+        raise RuntimeError(f"the fork shows {shown!r}, its parent {expected!r}")
+
+
+def wait_for_warm(pool: SandboxPool, idle: int, timeout: float = 300) -> None:
+    """Wait until `idle` sandboxes of `pool` are warm and none is starting (a start competes
+    for the CPU with the forks being timed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = pool.stats()
+        if stats["sandbox/pool_idle"] >= idle and stats["sandbox/pool_starting"] == 0:
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"the pool did not refill to {idle} warm sandboxes within {timeout} s")
+
+
+def concurrent_forks(
+    parents: list[Any], expected: list[str], concurrent_n: int, rounds: int, before_round: Callable[[], None]
+) -> dict[str, Any]:
+    """`rounds` rounds of `concurrent_n` forks issued at once from a thread pool (fork i of a
+    round forks parent i mod len(parents)); every child is checked to be exact, untimed, then
+    closed. Returns per-fork percentiles and the wall time per round."""
+    forks: list[float] = []
+    walls: list[float] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrent_n) as threads:
+        for _ in range(rounds):
+            before_round()
+            gate = threading.Barrier(concurrent_n)
+
+            def one(i: int) -> tuple[Any, float, float]:
+                gate.wait()
+                began = time.perf_counter()
+                child = parents[i % len(parents)].fork()
+                ended = time.perf_counter()
+                return child, began, ended
+
+            done = list(threads.map(one, range(concurrent_n)))
+            walls.append(max(e for _, _, e in done) - min(b for _, b, _ in done))
+            for i, (child, began, ended) in enumerate(done):
+                forks.append(ended - began)
+                try:
+                    check_branch(child, expected[i % len(parents)])
+                finally:
+                    child.close()
+    wall = percentiles(walls)
+    return {**percentiles(forks), "rounds": rounds, "concurrent": concurrent_n, "parents": len(parents),
+            "round_wall_p50_ms": wall["p50_ms"], "round_wall_p99_ms": wall["p99_ms"]}
+
+
+def bench_branching(backend: str, concurrent_n: int, rounds: int, cold_rounds: int, parents: int) -> dict[str, Any]:
+    """Forks under branching load: `concurrent_n` at once from `parents` live sandboxes, (a) into
+    warm sandboxes of a pool sized so every child is warm, (b) into freshly started ones."""
+    out: dict[str, Any] = {}
+    with SandboxPool(size=parents + concurrent_n, backend=backend, start_workers=4) as pool:
+        held = [pool.acquire() for _ in range(parents)]
+        expected = [branch_parent(p) for p in held]
+        out["pool"] = concurrent_forks(held, expected, concurrent_n, rounds,
+                                       lambda: wait_for_warm(pool, concurrent_n))
+        out["pool"]["pool_size"] = pool.size
+        for parent in held:
+            pool.release(parent)
+    cold_parents = [create(backend) for _ in range(parents)]
+    try:
+        expected = [branch_parent(p) for p in cold_parents]
+        out["cold"] = concurrent_forks(cold_parents, expected, concurrent_n, cold_rounds, lambda: None)
+    finally:
+        for parent in cold_parents:
+            parent.close()
+    return out
+
+
 def bench_docker_run(n: int) -> dict[str, float]:
     from agentrl.sandboxes.docker_backend import docker_client
     from agentrl.sandboxes.image import IMAGE
@@ -197,6 +301,21 @@ def table(results: dict[str, Any]) -> str:
     return aligned_table(rows)
 
 
+def branching_table(results: dict[str, Any]) -> str:
+    """Forks under branching load: one row per backend and setting."""
+    rows: list[tuple[str, ...]] = [("backend", "setting", "forks", "fork p50 ms", "fork p99 ms",
+                                    "round wall p50 ms", "round wall p99 ms", "all exact")]
+    settings = (("pool", "warm pool"), ("cold", "no pool (cold start)"))
+    for backend, numbers in results["backends"].items():
+        for key, label in settings:
+            b = numbers.get("branching", {}).get(key)
+            if b is None:
+                continue
+            rows.append((backend, f"{label}, {b['concurrent']} at once", str(b["n"]), fmt(b["p50_ms"]),
+                         fmt(b["p99_ms"]), fmt(b["round_wall_p50_ms"]), fmt(b["round_wall_p99_ms"]), "yes"))
+    return aligned_table(rows)
+
+
 def aligned_table(rows: list[tuple]) -> str:
     """A markdown table whose first row is the header, columns padded to line up."""
     width = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -217,9 +336,21 @@ def fmt(value: Any) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="docker,bwrap")
+    parser.add_argument("--parts", default="calls,branching",
+                        help="calls (warm calls, single forks, pool throughput), branching (concurrent forks)")
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--concurrent", type=int, default=16, help="forks issued at once per round")
+    parser.add_argument("--parents", type=int, default=8, help="live sandboxes the forks are taken from")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of concurrent forks into a warm pool")
+    parser.add_argument("--cold-rounds", type=int, default=5, help="rounds of concurrent forks without a pool")
     parser.add_argument("--out", default="runs/bench/sandbox_latency.json")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    unknown = parts - {"calls", "branching"}
+    if unknown:
+        parser.error(f"unknown --parts {sorted(unknown)}; choose from calls, branching")
+    if args.concurrent < 1 or not 1 <= args.parents <= args.concurrent:
+        parser.error("--concurrent must be at least 1 and --parents between 1 and --concurrent")
     results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv), "backends": {}, "baselines": {}}
     ready = {"docker": docker_ready, "bwrap": bwrap_ready}
     for backend in args.backends.split(","):
@@ -228,19 +359,26 @@ def main() -> None:
             print(f"skipping {backend}: {why}", file=sys.stderr)
             continue
         print(f"benchmarking {backend} ...", file=sys.stderr)
-        results["backends"][backend] = bench_backend(backend, args.calls)
-    if "docker" in results["backends"]:
-        results["baselines"]["docker_run"] = bench_docker_run(10)
-    results["baselines"]["subprocess"] = bench_subprocess(50)
+        numbers = results["backends"][backend] = bench_backend(backend, args.calls) if "calls" in parts else {}
+        if "branching" in parts:
+            print(f"forks under branching load on {backend} ...", file=sys.stderr)
+            numbers["branching"] = bench_branching(backend, args.concurrent, args.rounds, args.cold_rounds, args.parents)
+    if "calls" in parts:
+        if "docker" in results["backends"]:
+            results["baselines"]["docker_run"] = bench_docker_run(10)
+        results["baselines"]["subprocess"] = bench_subprocess(50)
     for backend, numbers in results["backends"].items():
         ref = results["baselines"].get("docker_run", {}).get("p50_ms")
-        if ref:
+        if ref and "print1" in numbers:
             numbers["speedup_vs_docker_run"] = ref / numbers["print1"]["p50_ms"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"machine: {results['machine']}")
-    print(table(results))
+    if "calls" in parts:
+        print(table(results))
+    if "branching" in parts:
+        print(branching_table(results))
     for backend, numbers in results["backends"].items():
         if "speedup_vs_docker_run" in numbers:
             print(f"{backend}: warm print(1) is {numbers['speedup_vs_docker_run']:.0f}x faster than docker run per call")
