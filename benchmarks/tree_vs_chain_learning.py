@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _learning import mean_se, run_from_sft
 
 ARMS = {
     "grpo": ["recipes/searchqa_grpo.yaml", "rollout.group_size=4"],
@@ -35,37 +33,10 @@ ARMS = {
 
 
 def run_arm(arm: str, seed: int, sft: Path, iterations: int, out_dir: Path, extra: list[str]) -> dict:
-    name = f"{arm}-seed{seed}"
     recipe, *settings = ARMS[arm]
-    command = [sys.executable, "-m", "agentrl.cli", "train", recipe, *settings,
-               f"model.path={sft}", "sft.demos=0", f"train.iterations={iterations}",
-               "train.eval_every=0", f"run.seed={seed}", f"run.name={name}",
-               f"run.out_dir={out_dir}", "run.torch_threads=1", *extra]
-    started = time.perf_counter()
-    with (out_dir / f"{name}.log").open("w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - started
-    results = json.loads((out_dir / name / "results.json").read_text())
-    metrics = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
-    rl = [m for m in metrics if "rollout/generated_tokens" in m]
-    total = lambda key: float(sum(m.get(key, 0.0) for m in rl))  # noqa: E731
-    return {
-        "arm": arm, "seed": seed, "wall_s": wall, "command": " ".join(command[3:]),
-        "em_before": results["before RL"]["success"], "em_after": results["after RL"]["success"],
-        "generated_tokens": total("rollout/generated_tokens"),
-        "search_calls": total("tools/calls"),
-        "trajectories": total("rollout/trajectories"),
-        "tool_calls_per_episode_after": results["after RL"].get("mean_tool_calls"),
-        "results": results,
-    }
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var / len(values))
+    row = run_from_sft(f"{arm}-seed{seed}", recipe, settings, sft=sft, seed=seed,
+                       iterations=iterations, out_dir=out_dir, extra=extra)
+    return {"arm": arm, **row, "search_calls": row["tool_calls"]}
 
 
 def markdown(rows: list[dict]) -> str:

@@ -4,10 +4,11 @@
     with recipe_sandbox_pool(config) as pool:   # None when sandbox.pool_size is 0
         make_env = env_factory(config, pool=pool)
 
-Envs that run code take the pool as their `pool` argument (Code-v0, Calc-v0). Every running
-episode holds one sandbox until it ends, and a round of rollouts runs all its episodes at once,
-so a pool smaller than the episodes of a round would leave some waiting for a sandbox that no
-episode gives back: that is a recipe error, found before anything starts.
+Envs that run code take the pool as their `pool` argument (Code-v0, Calc-v0,
+SearchPythonQA-v0). Every running episode holds one sandbox until it ends, and a round of
+rollouts runs all its episodes at once, so a pool smaller than the episodes of a round would
+leave some waiting for a sandbox that no episode gives back: that is a recipe error, found
+before anything starts.
 """
 
 from __future__ import annotations
