@@ -99,6 +99,10 @@ class EntropyStrategy:
         self._baseline: dict[tuple[int, int], float] = {}
         self._entropy: dict[tuple[int, int], float] = {}
         self._refills: dict[int, int] = {}
+        # Diagnostics of the last run: (entropy, rise over the baseline) of every segment, and
+        # the branch probability at every source point.
+        self._measured: list[tuple[float, float]] = []
+        self._probabilities: list[float] = []
 
     @property
     def group_size(self) -> int:
@@ -111,6 +115,7 @@ class EntropyStrategy:
 
     def start(self, num_tasks: int, rollout: RolloutContext) -> list[EpisodeRequest]:
         self._baseline, self._entropy, self._refills = {}, {}, {}
+        self._measured, self._probabilities = [], []
         return [rollout.spawn(task) for task in range(num_tasks) for _ in range(self.initial)]
 
     def refill(self, failed: Sequence[Episode], rollout: RolloutContext) -> list[EpisodeRequest]:
@@ -132,6 +137,7 @@ class EntropyStrategy:
             self._entropy[key] = segment_entropy(completion, self.vocab_size, self.entropy_tokens,
                                                  self.entropy_top_k, self.entropy_logprobs)
             self._baseline.setdefault(key, self._entropy[key])
+            self._measured.append((self._entropy[key], self._entropy[key] - self._baseline[key]))
         requests = []
         for group_id in sorted({episode.group_id for episode, _ in taken}):
             sources = sorted((e for e, _ in taken if e.group_id == group_id and _called_a_tool(e)),
@@ -140,6 +146,7 @@ class EntropyStrategy:
             for source in sources:
                 key = (group_id, source.traj_id)
                 p = self.branch_probability(key)
+                self._probabilities.append(p)
                 coins = rollout.rng(group_id, source.traj_id, source.turns)
                 for _ in range(self.beam - 1):
                     if count >= self.n:
@@ -157,6 +164,20 @@ class EntropyStrategy:
 
     def finish(self, episodes: Sequence[Episode]) -> list[Episode]:
         return list(episodes)
+
+    def metrics(self) -> dict[str, float]:
+        """Diagnostics of the last run: the mean step entropy of the segments generated, their
+        mean rise over their rollout's baseline, and the mean branch probability at the source
+        points (after tool calls) and how many there were."""
+        if not self._measured:
+            return {}
+        return {
+            "arpo/step_entropy": sum(h for h, _ in self._measured) / len(self._measured),
+            "arpo/entropy_rise": sum(rise for _, rise in self._measured) / len(self._measured),
+            "arpo/branch_probability": (sum(self._probabilities) / len(self._probabilities)
+                                        if self._probabilities else 0.0),
+            "arpo/branch_points": float(len(self._probabilities)),
+        }
 
     # --- helpers -----------------------------------------------------------------------------
 

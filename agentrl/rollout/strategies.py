@@ -10,7 +10,8 @@ steps. A strategy decides, through the `RolloutContext` it is handed (`rollout.s
   start replacements so its groups keep their size;
 - `after_round(taken, rollout)`: after each round (the episodes that just took a turn, each with
   the completion it sampled), new episodes to start, usually branches;
-- `finish(episodes)`: at the end, the episodes of one group that become its trajectories.
+- `finish(episodes)`: at the end, the episodes of one group that become its trajectories;
+- optionally `metrics()`: diagnostics of the last run, logged by the trainer (ARPO's `arpo/`).
 
 Each returns the requests; the engine starts them (concurrently), assigns every id, and keeps
 env forks at every node when the strategy sets `keep_node_forks` (of the episodes its optional

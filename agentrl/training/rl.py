@@ -181,6 +181,7 @@ class RLTrainer:
         # 1. Rollout (with DAPO-style refills when a filter drops uninformative groups).
         groups, kept_ids, rollout_time = self._rollout_with_filter()
         rollout_metrics = self._rollout_metrics(groups, rollout_time)
+        rollout_metrics.update(getattr(self.strategy, "metrics", dict)())  # e.g. arpo/ diagnostics
 
         # 2. Advantages, broadcast to each trajectory's action tokens. A trajectory the
         #    infrastructure ended (env crash, tool or sandbox failure) is in no group statistic.

@@ -240,6 +240,9 @@ def test_a_real_generators_top_logprobs_drive_the_strategy(tiny_model_dir):
     # Every measured rollout has a finite baseline and branch probabilities in [0, 1].
     assert strategy._baseline and all(0.0 <= strategy.branch_probability(k) <= 1.0 for k in strategy._baseline)
     assert all(0.0 < h < 10 * 5 / math.log(len(tokenizer)) for h in strategy._entropy.values())
+    metrics = strategy.metrics()
+    assert metrics["arpo/branch_points"] >= 2 and 0.0 <= metrics["arpo/branch_probability"] <= 1.0
+    assert metrics["arpo/step_entropy"] > 0.0
 
 
 # --- advantages ---------------------------------------------------------------------------------
