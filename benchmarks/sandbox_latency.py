@@ -219,25 +219,29 @@ def concurrent_forks(
             "round_wall_p50_ms": wall["p50_ms"], "round_wall_p99_ms": wall["p99_ms"]}
 
 
-def bench_branching(backend: str, concurrent_n: int, rounds: int, cold_rounds: int, parents: int) -> dict[str, Any]:
-    """Forks under branching load: `concurrent_n` at once from `parents` live sandboxes, (a) into
-    warm sandboxes of a pool sized so every child is warm, (b) into freshly started ones."""
+def bench_branching(backend: str, concurrent_n: int, rounds: int, cold_rounds: int) -> dict[str, Any]:
+    """Forks under branching load, `concurrent_n` at once: (a) `pool`: one fork of each of
+    `concurrent_n` live sandboxes (ARPO with beam 2: one branch per source), into warm sandboxes
+    of a pool sized so every child is warm; (b) `pool_two_per_parent`: two forks of each of half
+    as many (a larger beam, Tree-GRPO); (c) `cold`: as (a) without a pool, each child started."""
     out: dict[str, Any] = {}
-    with SandboxPool(size=parents + concurrent_n, backend=backend, start_workers=4) as pool:
-        held = [pool.acquire() for _ in range(parents)]
-        expected = [branch_parent(p) for p in held]
-        out["pool"] = concurrent_forks(held, expected, concurrent_n, rounds,
-                                       lambda: wait_for_warm(pool, concurrent_n))
-        out["pool"]["pool_size"] = pool.size
-        for parent in held:
-            pool.release(parent)
-    cold_parents = [create(backend) for _ in range(parents)]
-    try:
-        expected = [branch_parent(p) for p in cold_parents]
-        out["cold"] = concurrent_forks(cold_parents, expected, concurrent_n, cold_rounds, lambda: None)
-    finally:
-        for parent in cold_parents:
-            parent.close()
+    for key, parents in (("pool", concurrent_n), ("pool_two_per_parent", max(1, concurrent_n // 2))):
+        with SandboxPool(size=parents + concurrent_n, backend=backend, start_workers=4) as pool:
+            held = [pool.acquire() for _ in range(parents)]
+            expected = [branch_parent(p) for p in held]
+            out[key] = concurrent_forks(held, expected, concurrent_n, rounds,
+                                        lambda: wait_for_warm(pool, concurrent_n))
+            out[key]["pool_size"] = pool.size
+            for parent in held:
+                pool.release(parent)
+    if cold_rounds:
+        cold_parents = [create(backend) for _ in range(concurrent_n)]
+        try:
+            expected = [branch_parent(p) for p in cold_parents]
+            out["cold"] = concurrent_forks(cold_parents, expected, concurrent_n, cold_rounds, lambda: None)
+        finally:
+            for parent in cold_parents:
+                parent.close()
     return out
 
 
@@ -305,7 +309,8 @@ def branching_table(results: dict[str, Any]) -> str:
     """Forks under branching load: one row per backend and setting."""
     rows: list[tuple[str, ...]] = [("backend", "setting", "forks", "fork p50 ms", "fork p99 ms",
                                     "round wall p50 ms", "round wall p99 ms", "all exact")]
-    settings = (("pool", "warm pool"), ("cold", "no pool (cold start)"))
+    settings = (("pool", "warm pool, one fork per parent"), ("pool_two_per_parent", "warm pool, two forks per parent"),
+                ("cold", "no pool (cold start), one fork per parent"))
     for backend, numbers in results["backends"].items():
         for key, label in settings:
             b = numbers.get("branching", {}).get(key)
@@ -340,7 +345,6 @@ def main() -> None:
                         help="calls (warm calls, single forks, pool throughput), branching (concurrent forks)")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--concurrent", type=int, default=16, help="forks issued at once per round")
-    parser.add_argument("--parents", type=int, default=8, help="live sandboxes the forks are taken from")
     parser.add_argument("--rounds", type=int, default=20, help="rounds of concurrent forks into a warm pool")
     parser.add_argument("--cold-rounds", type=int, default=5, help="rounds of concurrent forks without a pool")
     parser.add_argument("--out", default="runs/bench/sandbox_latency.json")
@@ -349,8 +353,8 @@ def main() -> None:
     unknown = parts - {"calls", "branching"}
     if unknown:
         parser.error(f"unknown --parts {sorted(unknown)}; choose from calls, branching")
-    if args.concurrent < 1 or not 1 <= args.parents <= args.concurrent:
-        parser.error("--concurrent must be at least 1 and --parents between 1 and --concurrent")
+    if args.concurrent < 2 or args.rounds < 1 or args.cold_rounds < 0:
+        parser.error("--concurrent must be at least 2, --rounds at least 1, --cold-rounds at least 0")
     results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv), "backends": {}, "baselines": {}}
     ready = {"docker": docker_ready, "bwrap": bwrap_ready}
     for backend in args.backends.split(","):
@@ -362,7 +366,7 @@ def main() -> None:
         numbers = results["backends"][backend] = bench_backend(backend, args.calls) if "calls" in parts else {}
         if "branching" in parts:
             print(f"forks under branching load on {backend} ...", file=sys.stderr)
-            numbers["branching"] = bench_branching(backend, args.concurrent, args.rounds, args.cold_rounds, args.parents)
+            numbers["branching"] = bench_branching(backend, args.concurrent, args.rounds, args.cold_rounds)
     if "calls" in parts:
         if "docker" in results["backends"]:
             results["baselines"]["docker_run"] = bench_docker_run(10)

@@ -48,6 +48,12 @@ SERVER_SOURCE = (Path(__file__).with_name("repl_server.py")).read_text()
 # The config travels as one command-line argument, which Linux caps at 128 KiB.
 STATE_TRANSFER_SOURCE = (Path(__file__).with_name("state_transfer.py")).read_text()
 WORKDIR = "/workspace"
+# Imported by every server at start (a few ms, hidden by a warm pool), so loading a fork's copy
+# need not import them; the ones agent code imports most, without heavy dependencies.
+PRELOADED_MODULES = (
+    "math", "random", "bisect", "heapq", "string", "itertools", "functools", "collections",
+    "re", "json", "datetime", "fractions", "decimal", "statistics",
+)
 # The sandbox's writable dirs: their files are part of the state a fork copies.
 STATE_ROOTS = (WORKDIR, "/tmp", "/dev/shm")
 _MIB = 1024 * 1024
@@ -67,6 +73,11 @@ _LIVE: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 class _CopyRejected(Exception):
     """The fork's sandbox could not load the parent's state (the fork replays instead)."""
 
+
+class _NoAnswer(SandboxError):
+    """The interpreter did not answer a request (it died or hung; it was stopped)."""
+
+
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
 
@@ -80,6 +91,16 @@ class _Call:
     timeout: float
     path: str
     digest: str
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One copy of a parent's state, shared by the forks that are taken of it at once."""
+
+    history: list[_Call]
+    running: bool
+    blob: bytes | None
+    why: str
 
 
 def _digest(result: ExecResult) -> str:
@@ -120,6 +141,10 @@ class Sandbox(abc.ABC):
         self._history: list[_Call] = []
         self._closed = False
         self._ever_started = False
+        # Forks of this sandbox under way, and the snapshot they share: forks taken at once
+        # (a branching round) copy the state once. Any call drops it (see `_state_changes`).
+        self._forks_in_flight = 0
+        self._shared_snapshot: _Snapshot | None = None
 
     # ---- backend hooks -----------------------------------------------------------------------
 
@@ -149,6 +174,7 @@ class Sandbox(abc.ABC):
             "rlimits": {"RLIMIT_CORE": 0},
             "state_transfer": STATE_TRANSFER_SOURCE,
             "state_roots": list(STATE_ROOTS),
+            "preload": list(PRELOADED_MODULES),
         }
 
     # ---- life cycle --------------------------------------------------------------------------
@@ -182,9 +208,15 @@ class Sandbox(abc.ABC):
             self.metrics.count("restarts" if self._ever_started else "starts")
         self._ever_started = True
 
+    def _state_changes(self) -> None:
+        """Called before anything that may change the interpreter state: a snapshot shared by
+        forks under way no longer holds it."""
+        self._shared_snapshot = None
+
     def _discard(self) -> None:
         """Kill the interpreter and forget its state; the next call launches a new one."""
         channel, self._channel = self._channel, None
+        self._state_changes()
         self._history.clear()
         self._kill()
         if channel is not None:
@@ -274,6 +306,7 @@ class Sandbox(abc.ABC):
         def finish(status: str, stderr: str, exit_code: int | None, **flags: bool) -> ExecResult:
             return ExecResult(status, "", stderr, exit_code, time.monotonic() - began, **flags)  # type: ignore[arg-type]
 
+        self._state_changes()
         if self._channel is None:
             try:
                 self._launch_and_ping()
@@ -388,6 +421,8 @@ class Sandbox(abc.ABC):
     ) -> tuple[dict[str, Any], bytes]:
         with self._lock:
             self._check_open()
+            if header["op"] != "read_file":
+                self._state_changes()
             if self._channel is None:
                 self._launch_and_ping()
             assert self._channel is not None
@@ -397,7 +432,7 @@ class Sandbox(abc.ABC):
                 )
             except (ChannelClosed, ChannelTimeout, ProtocolError) as exc:
                 self._discard()
-                raise SandboxError(f"{header['op']} failed: the sandbox did not answer ({exc!r})") from None
+                raise _NoAnswer(f"{header['op']} failed: the sandbox did not answer ({exc!r})") from None
         if "error" in answer:
             raise SandboxError(f"{header['op']} {header.get('path')!r}: {answer['error']}")
         return answer, data
@@ -416,43 +451,93 @@ class Sandbox(abc.ABC):
         and `fork_note` names what could not be copied. A sandbox whose interpreter was lost (a
         call reported `state_lost`) or never started forks into a fresh one.
 
+        Forks taken at the same time (from several threads) copy the state once and share it.
+        An infrastructure failure never makes a fork replay: a sandbox taken for the fork that
+        dies before it loaded the copy is replaced by another one, once.
+
         Raises:
             SandboxClosedError: this sandbox was closed.
-            SandboxError: its interpreter died since its last call (its state is gone; the next
-                `run` starts a fresh one), or did not answer the copy request.
+            SandboxError: its interpreter died since its last call (its state is gone, so the
+                branch cannot be made; the next `run` starts a fresh interpreter), did not answer
+                the copy request, or two sandboxes taken for the fork died in turn.
 
         The caller owns (and must close) the returned sandbox.
         """
         with self._lock:
             self._check_open()
-            history = list(self._history)
+            self._forks_in_flight += 1
+        try:
+            return self._fork_from(self._take_snapshot())
+        finally:
+            with self._lock:
+                self._forks_in_flight -= 1
+                if not self._forks_in_flight:
+                    self._shared_snapshot = None  # host memory: kept only while forks share it
+
+    def _take_snapshot(self) -> _Snapshot:
+        """This sandbox's state for a fork: the snapshot of a fork under way if nothing ran
+        since, else a new one."""
+        with self._lock:
+            self._check_open()
+            shared = self._shared_snapshot
+            if shared is not None:
+                return shared
             running = self._channel is not None
-            snapshot, why = self._snapshot() if running else (None, "")
+            blob, why = self._snapshot() if running else (None, "")
+            taken = _Snapshot(list(self._history), running, blob, why)
+            if blob is not None:
+                self._shared_snapshot = taken
+            return taken
+
+    def _fork_from(self, snapshot: _Snapshot) -> Sandbox:
+        """A new sandbox in `snapshot`'s state: the copy loaded, else the calls replayed."""
+        if not snapshot.running:  # an empty state, the same as the fresh sandbox's
+            return self._fork_target()
+        why = snapshot.why
+        if snapshot.blob is not None:
+            try:
+                child, differences = self._copy_into_new_sandbox(snapshot.blob)
+            except _CopyRejected as exc:
+                why = f"the new sandbox could not load the copy ({exc})"
+            else:
+                child._history = list(snapshot.history)
+                child.fork_exact = not differences
+                child.fork_note = "; ".join(differences)
+                return child
         child = self._fork_target()
         try:
-            if not running:  # an empty state, the same as the fresh sandbox's
-                return child
-            if snapshot is not None:
-                try:
-                    differences = child._restore(snapshot)
-                except _CopyRejected as exc:
-                    child.close()
-                    child = self._fork_target()
-                    why = f"the new sandbox could not load the copy ({exc})"
-                else:
-                    child._history = history
-                    child.fork_exact = not differences
-                    child.fork_note = "; ".join(differences)
-                    return child
-            differing = child._replay(history)
-            child.fork_exact = False
-            child.fork_note = f"replayed {len(history)} call(s) instead of copying the state: {why}"
-            if differing:
-                child.fork_note += f"; {differing} replayed call(s) printed something different"
-            return child
+            differing = child._replay(snapshot.history)
         except BaseException:
             child.close()
             raise
+        child.fork_exact = False
+        child.fork_note = f"replayed {len(snapshot.history)} call(s) instead of copying the state: {why}"
+        if differing:
+            child.fork_note += f"; {differing} replayed call(s) printed something different"
+        return child
+
+    def _copy_into_new_sandbox(self, blob: bytes) -> tuple[Sandbox, list[str]]:
+        """A sandbox for a fork holding the copy `blob`, and what differs from this one.
+
+        A sandbox that dies before it answers (killed from outside while it waited in the pool,
+        say) says nothing about the copy: another one is taken, once, and the fork stays exact.
+        Raises _CopyRejected when a sandbox answered that it could not load the copy.
+        """
+        died = ""
+        for _ in range(2):
+            child = self._fork_target()
+            try:
+                return child, child._restore(blob)
+            except _NoAnswer as exc:
+                child.close()
+                died = str(exc)
+            except BaseException:
+                child.close()
+                raise
+        raise SandboxError(
+            f"cannot fork this {self.backend} sandbox: two sandboxes taken for the fork died in turn "
+            f"before they loaded its state (the last: {died}); is the machine out of memory?"
+        )
 
     def _fork_target(self) -> Sandbox:
         """A started sandbox with the same settings for a fork: from the pool, or a new one."""
@@ -477,10 +562,16 @@ class Sandbox(abc.ABC):
         except ChannelClosed:
             exit_code, oom = self._death()
             self._discard()
-            how = "was killed for using more than its memory limit" if oom else f"exited (code {exit_code})"
+            if oom:
+                how = "was killed for using more than its memory limit"
+            elif exit_code is not None and exit_code < 0:
+                how = f"was killed ({_signal_name(-exit_code)})"
+            else:
+                how = f"exited (code {exit_code})"
             raise SandboxError(
                 f"cannot fork this {self.backend} sandbox: its interpreter {how} after its last call, "
-                "so the state to copy is gone; the next run() starts a fresh interpreter"
+                "so the state to copy is gone and no branch can be made from it; the next run() "
+                "starts a fresh interpreter"
             ) from None
         except (ChannelTimeout, ProtocolError) as exc:
             self._discard()
@@ -498,15 +589,16 @@ class Sandbox(abc.ABC):
 
     def _restore(self, snapshot: bytes) -> list[str]:
         """Load a parent's snapshot into this (fresh) sandbox; return what differs from the
-        parent (empty when the copy is exact). Raises _CopyRejected when it could not load it
-        (this sandbox is then in an unknown state and must be closed)."""
+        parent (empty when the copy is exact). Raises _CopyRejected when it answered that it
+        could not load it, _NoAnswer when it did not answer (this sandbox is then in an unknown
+        state and must be closed)."""
         timeout = self.limits.start_timeout
         try:
             answer, _ = self._file_op({"op": "restore", "timeout": timeout}, snapshot,
                                       timeout + self.limits.grace, 0)
-        except (SandboxClosedError, SandboxStartError):
-            raise
-        except SandboxError as exc:  # no answer (the sandbox was stopped), or an error answer
+        except (SandboxClosedError, SandboxStartError, _NoAnswer):
+            raise  # the sandbox, not the copy, failed
+        except SandboxError as exc:  # an error answer: this copy cannot be loaded
             raise _CopyRejected(str(exc)[:500]) from None
         differences = answer.get("inexact")
         if answer.get("ok") is True and isinstance(differences, list):

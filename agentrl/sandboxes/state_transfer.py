@@ -45,8 +45,8 @@ _LENGTH = struct.Struct(">Q")
 _VALUES = frozenset({int, float, complex, str, bytes, bool, type(None), tuple, range, slice})
 # Types pickle already writes by reference (modules, classes, functions are handled apart).
 _BY_NAME = frozenset({types.ModuleType, types.FunctionType, types.BuiltinFunctionType})
-# Long lists, dicts and sets of only these are written by the plain C pickler in one go (the
-# per-object hook costs more than the pickling itself).
+# Long lists, tuples, dicts and sets of only these are written by the plain C pickler in one go
+# (the per-object hook costs more than the pickling itself).
 _FLAT = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _FLAT_MIN_LENGTH = 256
 _REORDER_SUFFIX = ".agentrl-reorder"
@@ -155,6 +155,46 @@ def _module_attributes():
     return objects, dicts
 
 
+class _ModuleIndex:
+    """`_module_attributes()`, kept from one snapshot to the next.
+
+    Walking every attribute of every imported module costs about as much as pickling a small
+    state, and between two snapshots the modules rarely change, so the walk is redone only when
+    a module was imported, removed or replaced, or the number of attributes of one changed. An
+    attribute rebound to another object while that number stays the same is missed (the new
+    object is copied by value, like any object no module holds), and an entry gone stale is
+    never used: `attribute` and `module_dict` check that the module still holds the object.
+    """
+
+    def __init__(self):
+        self.key = None
+        self.objects, self.dicts = {}, {}
+
+    def refresh(self):
+        key = [(name, id(module), len(module.__dict__)) for name, module in list(sys.modules.items())
+               if type(module) is types.ModuleType]
+        if key != self.key:
+            self.objects, self.dicts = _module_attributes()
+            self.key = key
+
+    def attribute(self, obj):
+        """(module name, attribute) of a module that holds `obj`, or None."""
+        reference = self.objects.get(id(obj))
+        if reference is None:
+            return None
+        module = sys.modules.get(reference[0])
+        return reference if module is not None and module.__dict__.get(reference[1]) is obj else None
+
+    def module_dict(self, obj):
+        """The name of the module whose `__dict__` is `obj`, or None."""
+        name = self.dicts.get(id(obj))
+        module = sys.modules.get(name) if name is not None else None
+        return name if module is not None and module.__dict__ is obj else None
+
+
+_MODULE_INDEX = _ModuleIndex()
+
+
 class StatePickler(_pickle.Pickler):
     """A pickler for a cell namespace (see the module docstring for what it adds)."""
 
@@ -162,7 +202,8 @@ class StatePickler(_pickle.Pickler):
         super().__init__(file, protocol=5)
         self.namespace = namespace
         self.roots = roots
-        self.attributes, self.module_dicts = _module_attributes()
+        _MODULE_INDEX.refresh()
+        self.modules = _MODULE_INDEX
         self.sets = {}
         self.flat = {}
         self.alive = []
@@ -170,14 +211,16 @@ class StatePickler(_pickle.Pickler):
     def persistent_id(self, obj):
         kind = type(obj)
         if kind in _VALUES:
+            if kind is tuple and len(obj) >= _FLAT_MIN_LENGTH and _flat(obj):
+                return self._flat_container(obj)  # random's state is 625 numbers
             return None
         if obj is self.namespace:
             return ("namespace",)
-        reference = self.attributes.get(id(obj))
+        reference = self.modules.attribute(obj)
         if reference is not None:
             return ("attribute",) + reference
         if kind is dict:
-            name = self.module_dicts.get(id(obj))
+            name = self.modules.module_dict(obj)
             if name is not None:
                 return ("module_dict", name)
             if len(obj) >= _FLAT_MIN_LENGTH and _flat(obj) and _flat(obj.values()):
@@ -198,7 +241,7 @@ class StatePickler(_pickle.Pickler):
         return None
 
     def _flat_container(self, obj):
-        """A long list or dict of plain values, pickled apart in one C call (kept shared)."""
+        """A long list, tuple or dict of plain values, pickled apart in one C call (kept shared)."""
         index = self.flat.get(id(obj))
         if index is not None:
             return ("flat_ref", index)

@@ -1,0 +1,119 @@
+"""Forking a sandbox whose interpreter was killed from outside (the server process killed on
+bwrap, ``docker kill`` on docker) between its last call and the fork.
+
+The state to copy is gone, so the fork raises one `SandboxError` that says so, never a replay of
+the parent's calls (a branch must not run its prefix again) and never `EnvForkError` (which tells
+the rollout engine to replay the actions on a fresh env). A sandbox of a pool that fails this way
+does not poison the pool: the next checkout and the next fork work.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from agentrl.envs.base import EnvForkError
+from agentrl.sandboxes import Sandbox, SandboxClosedError, SandboxError, SandboxPool
+
+from .conftest import SMALL, descendants
+
+STATE = "import random\nrandom.random()\nkept = random.random()\nopen('notes.txt', 'w').write('kept')"
+SHOW = "print(repr(kept), open('notes.txt').read(), hash(random.getstate()))"
+KILLED = r"cannot fork this (bwrap|docker) sandbox: its interpreter was killed \(SIGKILL\) after its last call"
+
+
+def kill_interpreter(sandbox: Sandbox) -> None:
+    """Kill the sandbox's interpreter from outside, as an OOM killer or an operator would,
+    and wait until it is gone; the sandbox object is not told."""
+    if sandbox.backend == "docker":
+        container = sandbox._container  # type: ignore[attr-defined]
+        container.kill()
+        container.wait(timeout=30)
+        return
+    process = sandbox._process  # type: ignore[attr-defined]
+    servers = [pid for pid in descendants(process.pid) if _is_python(pid)]
+    assert servers, "the bwrap sandbox's server process was not found"
+    for pid in servers:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"python" in f.read().split(b"\0")[0]
+    except OSError:
+        return False
+
+
+def test_fork_of_a_killed_interpreter_raises_a_sandbox_error_naming_the_cause(make_sandbox):
+    sandbox = make_sandbox()
+    assert sandbox.run(STATE).ok
+    kill_interpreter(sandbox)
+    with pytest.raises(SandboxError, match=KILLED) as caught:
+        sandbox.fork()
+    assert not isinstance(caught.value, (SandboxClosedError, EnvForkError))
+    assert "the state to copy is gone" in str(caught.value)
+    # The sandbox itself is usable again: a fresh interpreter, without the lost state.
+    assert sandbox.run("print('kept' in globals())").stdout == "False\n"
+
+
+def test_a_killed_pool_sandbox_does_not_poison_the_pool(backend):
+    with SandboxPool(size=3, backend=backend, **SMALL) as pool:
+        parent = pool.acquire()
+        assert parent.run(STATE).ok
+        kill_interpreter(parent)
+        with pytest.raises(SandboxError, match=KILLED):
+            parent.fork()
+        pool.release(parent)
+        # No sandbox was taken for the failed fork; the next checkout and fork are whole.
+        with pool.sandbox(timeout=60) as again:
+            assert again.run(STATE).ok
+            with again.fork() as child:
+                assert child.fork_exact, child.fork_note
+                assert child.run(SHOW).stdout == again.run(SHOW).stdout
+        deadline = time.monotonic() + 60
+        while pool.stats()["sandbox/pool_idle"] < pool.size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.stats()["sandbox/pool_idle"] == pool.size
+
+
+def test_a_killed_warm_sandbox_taken_for_a_fork_is_replaced_not_replayed(backend):
+    # The fork's target dies, not the parent: the copy goes into another fresh sandbox, so the
+    # branch is still exact and the parent's calls are not run again.
+    with SandboxPool(size=2, backend=backend, **SMALL) as pool:
+        with pool.sandbox(timeout=60) as parent:
+            assert parent.run(STATE).ok
+            deadline = time.monotonic() + 60
+            while pool.stats()["sandbox/pool_idle"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            idle = pool._idle[0]
+            kill_interpreter(idle)
+            with parent.fork() as child:
+                assert child is not idle and idle.closed
+                assert child.fork_exact, child.fork_note
+                assert child.run(SHOW).stdout == parent.run(SHOW).stdout
+
+
+def test_a_tool_env_fork_of_a_killed_sandbox_is_an_infrastructure_error(backend):
+    from agentrl.envs.tool_env import Task, ToolEnv
+    from agentrl.tools.python import PythonTool
+
+    tool = PythonTool(backend=backend, timeout=5.0, memory_mb=128, pids=32)
+    env = ToolEnv(tools=[tool], tasks=[Task("Draw a number.")], reward_fn=lambda task, episode: 0.0,
+                  max_turns=4, call_timeout=60.0)
+    env.reset(seed=0)
+    try:
+        env.step(f"<python>{STATE}</python>")
+        assert tool.sandbox is not None
+        kill_interpreter(tool.sandbox)
+        with pytest.raises(SandboxError, match=KILLED) as caught:
+            env.fork()
+        assert not isinstance(caught.value, EnvForkError)  # the engine drops the branch, no replay
+    finally:
+        env.close()
