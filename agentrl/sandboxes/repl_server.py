@@ -517,6 +517,8 @@ def main():
     sys.argv = [""]
     transfer = _load_state_transfer(config.pop("state_transfer", None))
     _preload(config.get("preload", ()))
+    if transfer is not None:
+        transfer.prepare()
     Server(config, transfer).serve()
 
 

@@ -138,44 +138,41 @@ def _importable(obj):
     return target is obj
 
 
-def _module_attributes():
+class _ModuleIndex:
     """id(object) -> (module name, attribute) for the objects imported modules hold, and
-    id(module dict) -> module name; so the copy refers to the child's own objects."""
-    objects, dicts = {}, {}
-    skip = _VALUES | _BY_NAME | {type}
-    for name, module in list(sys.modules.items()):
-        if type(module) is not types.ModuleType:
-            continue
-        dicts[id(module.__dict__)] = name
+    id(module dict) -> module name; so the copy refers to the child's own objects.
+
+    Walking every attribute of every imported module costs more than pickling a small state, so
+    the index is kept from one snapshot to the next: `refresh` walks only the modules imported,
+    replaced or changed in size since it last ran (the server calls it once at start, through
+    `prepare`). An attribute rebound to another object while its module's size stays the same
+    is missed (the new object is copied by value, like any object no module holds); an entry
+    gone stale is never used: `attribute` and `module_dict` check that the module still holds
+    the object.
+    """
+
+    def __init__(self):
+        self.seen = {}  # module name -> (id(module), number of attributes) when last walked
+        self.objects, self.dicts = {}, {}
+
+    def refresh(self):
+        for name, module in list(sys.modules.items()):
+            if type(module) is not types.ModuleType:
+                continue
+            mark = (id(module), len(module.__dict__))
+            if self.seen.get(name) != mark:
+                self.seen[name] = mark
+                self._walk(name, module)
+
+    def _walk(self, name, module):
+        self.dicts[id(module.__dict__)] = name
+        skip = _VALUES | _BY_NAME | {type}
         for attribute, value in list(module.__dict__.items()):
             kind = type(value)
             if kind in skip or issubclass(kind, type):
                 continue  # values, and what pickle finds by name anyway (classes, functions)
-            objects.setdefault(id(value), (name, attribute))
-    return objects, dicts
-
-
-class _ModuleIndex:
-    """`_module_attributes()`, kept from one snapshot to the next.
-
-    Walking every attribute of every imported module costs about as much as pickling a small
-    state, and between two snapshots the modules rarely change, so the walk is redone only when
-    a module was imported, removed or replaced, or the number of attributes of one changed. An
-    attribute rebound to another object while that number stays the same is missed (the new
-    object is copied by value, like any object no module holds), and an entry gone stale is
-    never used: `attribute` and `module_dict` check that the module still holds the object.
-    """
-
-    def __init__(self):
-        self.key = None
-        self.objects, self.dicts = {}, {}
-
-    def refresh(self):
-        key = [(name, id(module), len(module.__dict__)) for name, module in list(sys.modules.items())
-               if type(module) is types.ModuleType]
-        if key != self.key:
-            self.objects, self.dicts = _module_attributes()
-            self.key = key
+            if self.attribute(value) is None:  # the first module that holds it, while it does
+                self.objects[id(value)] = (name, attribute)
 
     def attribute(self, obj):
         """(module name, attribute) of a module that holds `obj`, or None."""
@@ -736,6 +733,8 @@ def _restore_files(tree, roots, problems):
     for target, path in hardlinks:
         os.link(target, path)
     for directory, names in listings.items():
+        if len(names) < 2:
+            continue  # one order only (every entry was made, or making it raised)
         if os.listdir(directory) != names and not _reorder(directory, names):
             problems.append("the entries of %s are listed in another order than in the parent" % directory)
     # Directory modes and times last (creating entries changes them), children before parents.
@@ -859,6 +858,13 @@ def _short(exc):
 # ---- the two operations -----------------------------------------------------------------------
 
 
+def prepare():
+    """Called once by the server at start, after its preloaded imports: index the modules'
+    attributes now, so that the first snapshot does not pay for it."""
+    _MODULE_INDEX.refresh()
+
+
+
 def snapshot(server):
     """The parent's side: ({"ok": True}, blob) or ({"untransferable": [reasons]}, b"")."""
     roots = server.state_roots
@@ -918,8 +924,9 @@ def restore(server, blob):
     problems = []
     _restore_files(meta["files"], server.state_roots, problems)
     os.chdir(meta["cwd"])
-    os.environ.clear()
-    os.environ.update(meta["environ"])
+    if dict(os.environ) != meta["environ"]:  # rarely: a fork's server starts with the same one
+        os.environ.clear()
+        os.environ.update(meta["environ"])
     os.umask(meta["umask"])
     sys.path[:] = meta["path"]
     sys.setrecursionlimit(meta["recursion_limit"])
