@@ -156,6 +156,10 @@ class Server:
         # The state_transfer module (None when the host sent none: forks then replay).
         self.transfer = transfer
         self.state_roots = list(config.get("state_roots", ()))
+        # The state roots that were empty at start, and whether no cell, file write or restore
+        # has run since (then they still are, and restoring a fork's copy need not clear them).
+        self.empty_roots = {root for root in self.state_roots if _is_empty_dir(root)}
+        self.untouched = True
         self.cell_prefix = _CELL_PREFIX
         self.capture_thread_prefix = _CAPTURE_THREAD
         self.kill_others = bool(config.get("kill_others")) and os.getuid() != 0
@@ -242,6 +246,7 @@ class Server:
                 print(repr(value))
 
     def run(self, code, timeout):
+        self.untouched = False
         self.cells += 1
         filename = "%s%d>" % (_CELL_PREFIX, self.cells)
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
@@ -430,12 +435,20 @@ class Server:
         return {"ok": True, "truncated": len(data) > max_bytes}, data[:max_bytes]
 
     def write_file(self, path, data):
+        self.untouched = False
         try:
             with open(path, "wb") as f:
                 f.write(data)
         except OSError as exc:
             return {"error": "%s: %s" % (type(exc).__name__, exc)}
         return {"ok": True}, b""
+
+
+def _is_empty_dir(path):
+    try:
+        return not os.listdir(path)
+    except OSError:  # missing, or not a directory
+        return False
 
 
 def _is_open(fd):

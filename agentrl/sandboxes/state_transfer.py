@@ -697,8 +697,9 @@ def _clear(directory):
             os.unlink(path)
 
 
-def _restore_files(tree, roots, problems):
-    """Make the files under `roots` what `tree` describes: contents, modes, times, listing order."""
+def _restore_files(tree, roots, problems, empty=()):
+    """Make the files under `roots` what `tree` describes: contents, modes, times, listing order.
+    The roots in `empty` are known to be empty (they are not listed and cleared first)."""
     listings, entries = tree["listings"], tree["entries"]
     hardlinks, directories = [], []
 
@@ -726,7 +727,7 @@ def _restore_files(tree, roots, problems):
                 os.utime(path, ns=(mtime, mtime))
 
     for root in roots:
-        if os.path.isdir(root):
+        if root not in empty and os.path.isdir(root):
             _clear(root)
     for root, _, _ in tree["roots"]:
         fill(root)
@@ -922,9 +923,12 @@ def restore(server, blob):
     if meta.get("format") != FORMAT or meta.get("python") != sys.version:
         raise RuntimeError("the snapshot was made by another interpreter (%s)" % meta.get("python"))
     problems = []
-    _restore_files(meta["files"], server.state_roots, problems)
+    # A fork's server that has run nothing yet still has the empty roots it started with.
+    empty = server.empty_roots if server.untouched else ()
+    server.untouched = False
+    _restore_files(meta["files"], server.state_roots, problems, empty)
     os.chdir(meta["cwd"])
-    if dict(os.environ) != meta["environ"]:  # rarely: a fork's server starts with the same one
+    if dict(os.environ) != meta["environ"]:  # a fork's server starts with the parent's first one
         os.environ.clear()
         os.environ.update(meta["environ"])
     os.umask(meta["umask"])
