@@ -366,7 +366,10 @@ def main() -> None:
         numbers = results["backends"][backend] = bench_backend(backend, args.calls) if "calls" in parts else {}
         if "branching" in parts:
             print(f"forks under branching load on {backend} ...", file=sys.stderr)
+            load_before = os.getloadavg()[0]
             numbers["branching"] = bench_branching(backend, args.concurrent, args.rounds, args.cold_rounds)
+            # Other jobs on the machine slow the sandboxed side most (it runs at nice 10).
+            numbers["branching"]["load_average_1min"] = [load_before, os.getloadavg()[0]]
     if "calls" in parts:
         if "docker" in results["backends"]:
             results["baselines"]["docker_run"] = bench_docker_run(10)
@@ -383,6 +386,9 @@ def main() -> None:
         print(table(results))
     if "branching" in parts:
         print(branching_table(results))
+        for backend, numbers in results["backends"].items():
+            before, after = numbers["branching"]["load_average_1min"]
+            print(f"{backend}: 1-minute load average {before:.1f} before the forks, {after:.1f} after")
     for backend, numbers in results["backends"].items():
         if "speedup_vs_docker_run" in numbers:
             print(f"{backend}: warm print(1) is {numbers['speedup_vs_docker_run']:.0f}x faster than docker run per call")
