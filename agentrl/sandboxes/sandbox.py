@@ -145,6 +145,9 @@ class Sandbox(abc.ABC):
         # (a branching round) copy the state once. Any call drops it (see `_state_changes`).
         self._forks_in_flight = 0
         self._shared_snapshot: _Snapshot | None = None
+        # Why the interpreter's state is gone, when a fork (not a call) found it dead: every
+        # fork raises this until a new interpreter starts, so none copies the empty one instead.
+        self._lost: str | None = None
 
     # ---- backend hooks -----------------------------------------------------------------------
 
@@ -204,6 +207,7 @@ class Sandbox(abc.ABC):
                 f"the {self.backend} sandbox did not start: {type(exc).__name__}: {exc}"
             ) from exc
         _LIVE.add(self)
+        self._lost = None
         if self.metrics is not None:
             self.metrics.count("restarts" if self._ever_started else "starts")
         self._ever_started = True
@@ -479,6 +483,8 @@ class Sandbox(abc.ABC):
         since, else a new one."""
         with self._lock:
             self._check_open()
+            if self._lost is not None:
+                raise SandboxError(self._lost)
             shared = self._shared_snapshot
             if shared is not None:
                 return shared
@@ -568,18 +574,20 @@ class Sandbox(abc.ABC):
                 how = f"was killed ({_signal_name(-exit_code)})"
             else:
                 how = f"exited (code {exit_code})"
-            raise SandboxError(
+            self._lost = (
                 f"cannot fork this {self.backend} sandbox: its interpreter {how} after its last call, "
                 "so the state to copy is gone and no branch can be made from it; the next run() "
                 "starts a fresh interpreter"
-            ) from None
+            )
+            raise SandboxError(self._lost) from None
         except (ChannelTimeout, ProtocolError) as exc:
             self._discard()
-            raise SandboxError(
+            self._lost = (
                 f"cannot fork this {self.backend} sandbox: its interpreter did not answer the request "
                 f"for its state ({type(exc).__name__}: {exc}); it was stopped, and the next run() "
                 "starts a fresh one"
-            ) from None
+            )
+            raise SandboxError(self._lost) from None
         if answer.get("ok") is True:
             return blob, ""
         reasons = answer.get("untransferable")

@@ -9,7 +9,9 @@ does not poison the pool: the next checkout and the next fork work.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import re
 import signal
 import time
 
@@ -59,8 +61,35 @@ def test_fork_of_a_killed_interpreter_raises_a_sandbox_error_naming_the_cause(ma
         sandbox.fork()
     assert not isinstance(caught.value, (SandboxClosedError, EnvForkError))
     assert "the state to copy is gone" in str(caught.value)
-    # The sandbox itself is usable again: a fresh interpreter, without the lost state.
-    assert sandbox.run("print('kept' in globals())").stdout == "False\n"
+    # Another fork is no copy of the empty interpreter either: it raises the same, until a call.
+    with pytest.raises(SandboxError, match=KILLED):
+        sandbox.fork()
+    # The sandbox itself is usable again: a fresh interpreter, without the lost state, which
+    # forks copy.
+    assert sandbox.run("print('kept' in globals())\nfresh = 1").stdout == "False\n"
+    with sandbox.fork() as child:
+        assert child.fork_exact and child.run("print(fresh)").stdout == "1\n"
+
+
+def test_forks_taken_at_once_of_a_killed_interpreter_all_raise(make_sandbox):
+    # A branching round forks a source several times at once: every branch fails, none gets a
+    # fresh interpreter that the transcript does not match.
+    sandbox = make_sandbox()
+    assert sandbox.run(STATE).ok
+    kill_interpreter(sandbox)
+    with concurrent.futures.ThreadPoolExecutor(4) as threads:
+        outcomes = list(threads.map(lambda _: _fork_or_error(sandbox), range(4)))
+    assert all(isinstance(outcome, SandboxError) for outcome in outcomes), outcomes
+    assert all(re.search(KILLED, str(outcome)) for outcome in outcomes)
+
+
+def _fork_or_error(sandbox: Sandbox) -> Sandbox | Exception:
+    try:
+        child = sandbox.fork()
+    except Exception as exc:  # noqa: BLE001 - the outcome under test
+        return exc
+    child.close()
+    return child
 
 
 def test_a_killed_pool_sandbox_does_not_poison_the_pool(backend):
