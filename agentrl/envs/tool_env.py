@@ -262,7 +262,16 @@ class ToolEnv(TextEnv):
         group's cache shared."""
         twin = copy.copy(self)
         memo: dict[int, Any] = {}
-        twin.tools = {name: tool.fork(memo) for name, tool in self.tools.items()}
+        forked: dict[str, Any] = {}
+        try:
+            for name, tool in self.tools.items():
+                forked[name] = tool.fork(memo)
+        except BaseException:
+            for tool in forked.values():  # a failed fork must not leak the sandboxes made so far
+                if tool.stateful:
+                    tool.close()
+            raise
+        twin.tools = forked
         twin.episode = copy.deepcopy(self.episode)
         twin._transcript = list(self._transcript)
         twin._np_random = copy.deepcopy(self._np_random)

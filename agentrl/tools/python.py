@@ -101,7 +101,15 @@ class PythonTool(Tool):
         twin = PythonTool(self.pool, backend=self.backend, timeout=self.timeout,
                           max_output_chars=self.max_output_chars, retry=self.retry, **self.limits)
         if self.sandbox is not None:
-            twin.sandbox = self.sandbox.fork()
+            from agentrl.sandboxes import SandboxError
+
+            try:
+                twin.sandbox = self.sandbox.fork()
+            except SandboxError:
+                # The interpreter died since the last call (the fork found it so): the next call
+                # runs in a fresh one, and the model must be told its variables are gone.
+                self._state_lost = True
+                raise
         return twin
 
     # --- calls ----------------------------------------------------------------------------------

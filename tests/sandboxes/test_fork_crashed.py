@@ -146,3 +146,43 @@ def test_a_tool_env_fork_of_a_killed_sandbox_is_an_infrastructure_error(backend)
         assert not isinstance(caught.value, EnvForkError)  # the engine drops the branch, no replay
     finally:
         env.close()
+
+
+def test_after_a_failed_fork_the_parent_is_told_its_state_is_gone_and_nothing_leaks(backend):
+    """The parent's next call runs in a fresh interpreter and says so (its variables are gone);
+    a tool env whose second tool fails to fork closes what the first one's fork started."""
+    from agentrl.envs.tool_env import Task, ToolEnv
+    from agentrl.tools.python import STATE_LOST_NOTE, PythonTool
+
+    healthy = PythonTool(backend=backend, timeout=5.0, memory_mb=128, pids=32)
+    tool = PythonTool(backend=backend, timeout=5.0, memory_mb=128, pids=32)
+    env = ToolEnv(tools=[healthy], tasks=[Task("Draw a number.")], reward_fn=lambda task, episode: 0.0,
+                  max_turns=4, call_timeout=60.0)
+    env.tools = {"python": healthy, "python_second": tool}  # forked in this order
+    env.reset(seed=0)
+    started = []
+    original = Sandbox.fork
+
+    def recording_fork(self):
+        child = original(self)
+        started.append(child)
+        return child
+
+    try:
+        import asyncio
+
+        asyncio.run(healthy.call(healthy.Args(code=STATE)))
+        asyncio.run(tool.call(tool.Args(code=STATE)))
+        kill_interpreter(tool.sandbox)
+        Sandbox.fork = recording_fork
+        try:
+            with pytest.raises(SandboxError, match=KILLED):
+                env.fork()
+        finally:
+            Sandbox.fork = original
+        # The healthy tool's fork was made and then closed, not left running.
+        assert len(started) == 1 and started[0].closed
+        after = asyncio.run(tool.call(tool.Args(code="print('still here')")))
+        assert "still here" in after.text and STATE_LOST_NOTE in after.text
+    finally:
+        env.close()
