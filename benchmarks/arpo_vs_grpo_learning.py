@@ -43,10 +43,10 @@ def run_arm(arm: str, seed: int, sft: Path, iterations: int, out_dir: Path, extr
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| arm | seeds | held-out success before | after | gain (points) | tool calls per "
-             "held-out episode after | tool calls per training trajectory | generated tokens (M) "
-             "| trajectories (k) | branches (k) | wall (min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | seeds | held-out success before | after | gain (points) | held-out reward before "
+             "| after | tool calls per held-out episode after | tool calls per training trajectory "
+             "| generated tokens (M) | trajectories (k) | branches (k) | wall (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in ARMS:
         mine = [r for r in rows if r["arm"] == arm]
         if not mine:
@@ -57,6 +57,9 @@ def markdown(rows: list[dict]) -> str:
             cells.append(f"{m:.1f} ± {se:.1f}")
         m, se = mean_se([(r["em_after"] - r["em_before"]) * 100 for r in mine])
         cells.append(f"{m:+.1f} ± {se:.1f}")
+        for when in ("before RL", "after RL"):  # ARPO's reward: -1 invalid, F1 (+0.1 both tools)
+            m, se = mean_se([r["results"][when]["mean_return"] for r in mine])
+            cells.append(f"{m:+.3f} ± {se:.3f}")
         m, se = mean_se([r["tool_calls_per_episode_after"] or 0.0 for r in mine])
         cells.append(f"{m:.2f} ± {se:.2f}")
         m, se = mean_se([r["tool_calls"] / max(1.0, r["trajectories"]) for r in mine])
@@ -70,14 +73,20 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sft", type=Path, required=True, help="the SFT checkpoint every arm starts from")
+    parser.add_argument("--sft", type=Path, help="the SFT checkpoint every arm starts from")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2, help="runs at the same time")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/arpo-vs-grpo"))
+    parser.add_argument("--table", type=Path, help="only print the table of a saved result JSON")
     parser.add_argument("overrides", nargs="*", help="section.field=value passed to every run")
     args = parser.parse_args()
+    if args.table is not None:
+        print(markdown(json.loads(args.table.read_text())["runs"]))
+        return
+    if args.sft is None:
+        parser.error("--sft is required (the SFT checkpoint every arm starts from)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
