@@ -272,6 +272,9 @@ class ToolEnv(TextEnv):
                     tool.close()
             raise
         twin.tools = forked
+        # Exact when every tool's state was copied (a python tool may replay its calls instead).
+        inexact = [getattr(t, "fork_note", "") for t in forked.values() if not getattr(t, "fork_exact", True)]
+        twin.fork_exact, twin.fork_note = not inexact, "; ".join(inexact)
         twin.episode = copy.deepcopy(self.episode)
         twin._transcript = list(self._transcript)
         twin._np_random = copy.deepcopy(self._np_random)

@@ -229,6 +229,8 @@ class RolloutEngine:
             branch.done, branch.truncated = True, True
             branch.infra_error = f"branch failed: {type(exc).__name__}: {exc}"
             return branch, counts
+        if not getattr(env, "fork_exact", True):  # a fork that ran the prefix's tool calls again
+            counts["branches/inexact"] = 1
         return source.prefix(k, env, request.traj_id), counts
 
     @staticmethod

@@ -105,6 +105,9 @@ class PythonTool(Tool):
 
             try:
                 twin.sandbox = self.sandbox.fork()
+                # A state that cannot be copied (an open file, a running thread) is replayed:
+                # the parent's calls ran again. Said here so rollouts can count such branches.
+                twin.fork_exact, twin.fork_note = twin.sandbox.fork_exact, twin.sandbox.fork_note
             except SandboxError:
                 # The interpreter died since the last call (the fork found it so): the next call
                 # runs in a fresh one, and the model must be told its variables are gone.

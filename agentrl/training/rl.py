@@ -293,6 +293,8 @@ class RLTrainer:
             "rollout/env_steps": float(budget["env_steps"]),
             "rollout/branches": float(budget["branches"]),
             "rollout/replayed_branches": float(budget["branches/replayed"]),
+            # Forks whose tool state could not be copied and was rebuilt by running calls again.
+            "rollout/inexact_branches": float(budget["branches/inexact"]),
             "rollout/trajectories_sampled": float(budget["trajectories/sampled"]),
             "rollout/trajectories_per_1k_gen_tokens":
                 1000.0 * len(everything) / max(1.0, budget["tokens/generated"]),

@@ -27,8 +27,9 @@ CELLS = [
 ]
 
 
-def test_entropy_branches_fork_the_live_sandbox_from_the_pool_and_stay_isolated(backend, tiny_model_dir):
-    _, tokenizer = load_model(tiny_model_dir)
+def run_branches(backend, tokenizer, cells):
+    """One rollout playing `cells` (then the answer), branched twice after its first turn; the
+    group and how many pool sandboxes were still out after the run."""
     limits = {k: v for k, v in SMALL.items() if k not in ("timeout", "grace", "output_limit_bytes")}
     with SandboxPool(4, backend, start_workers=2, **limits) as pool:
 
@@ -40,8 +41,8 @@ def test_entropy_branches_fork_the_live_sandbox_from_the_pool_and_stay_isolated(
         def act(episodes, params):
             out = []
             for episode in episodes:
-                if episode.turns < len(CELLS):
-                    text = f"<python>{CELLS[episode.turns].replace('TRAJ', str(episode.traj_id))}</python>"
+                if episode.turns < len(cells):
+                    text = f"<python>{cells[episode.turns].replace('TRAJ', str(episode.traj_id))}</python>"
                 else:
                     text = "<answer>42</answer>"
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -52,7 +53,12 @@ def test_entropy_branches_fork_the_live_sandbox_from_the_pool_and_stay_isolated(
         strategy = EntropyStrategy(initial=1, n=3, beam=3, vocab_size=len(tokenizer), p0=1.0, beta=0.0)
         with RolloutEngine(None, tokenizer, SamplingParams(), env_workers=4) as engine:
             group = engine.run(make_env, [{"seed": 0}], strategy, policy=act)[0]
-        in_use = pool.stats()["sandbox/pool_in_use"]
+        return group, pool.stats()["sandbox/pool_in_use"]
+
+
+def test_entropy_branches_fork_the_live_sandbox_from_the_pool_and_stay_isolated(backend, tiny_model_dir):
+    _, tokenizer = load_model(tiny_model_dir)
+    group, in_use = run_branches(backend, tokenizer, CELLS)
 
     parent, *branches = group.trajectories
     assert [t.branched_from for t in group.trajectories] == [None, (0, 1), (0, 1)]
@@ -64,7 +70,19 @@ def test_entropy_branches_fork_the_live_sandbox_from_the_pool_and_stay_isolated(
         assert f"{drawn} from parent" in branch.steps[1].observation
         # Its own file only: its sibling's writes never reach it.
         assert f"['f.txt', 'mine.txt'] {branch.traj_id}" in branch.steps[2].observation
-    # The first cell ran once, in the parent; the branches ran only their own two cells.
-    assert group.budget["tool_calls"] == 3 + 2 * 2
+    # The first cell ran once, in the parent; the branches ran only their own two cells: the
+    # forks copied the state exactly.
+    assert group.budget["tool_calls"] == 3 + 2 * 2 and group.budget.get("branches/inexact", 0) == 0
     # The branches' sandboxes came out of the pool and went back to it with their episodes.
     assert in_use == 0
+
+
+def test_a_branch_whose_sandbox_state_could_not_be_copied_is_counted_as_inexact(backend, tiny_model_dir):
+    """A file the first cell left open cannot be copied: the fork replays the parent's calls in
+    the new sandbox (same state for a deterministic cell), and the rollout counts such branches."""
+    _, tokenizer = load_model(tiny_model_dir)
+    cells = ["handle = open('kept.txt', 'w')\nx = 6 * 7\nprint(x)", "print(x)"]
+    group, _ = run_branches(backend, tokenizer, cells)
+    assert [t.branched_from for t in group.trajectories] == [None, (0, 1), (0, 1)]
+    assert group.budget["branches/inexact"] == 2
+    assert all("42" in t.steps[1].observation for t in group.trajectories)
