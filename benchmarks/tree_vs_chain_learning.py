@@ -19,12 +19,9 @@ time; the printed table gives each arm's mean and standard error over seeds.
 
 from __future__ import annotations
 
-import argparse
-import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _learning import mean_se, run_from_sft
+from _learning import compare, mean_se, run_from_sft
 
 ARMS = {
     "grpo": ["recipes/searchqa_grpo.yaml", "rollout.group_size=4"],
@@ -61,24 +58,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sft", type=Path, required=True, help="the SFT checkpoint both arms start from")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--iterations", type=int, default=150)
-    parser.add_argument("--jobs", type=int, default=2, help="runs at the same time")
-    parser.add_argument("--out-dir", type=Path, default=Path("runs/tree-vs-chain"))
-    parser.add_argument("overrides", nargs="*", help="section.field=value passed to every run")
-    args = parser.parse_args()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = list(pool.map(lambda job: run_arm(job[0], job[1], args.sft, args.iterations,
-                                                 args.out_dir, args.overrides), jobs))
-    out = args.out_dir / "tree_vs_chain_learning.json"
-    out.write_text(json.dumps({"iterations": args.iterations, "sft": str(args.sft), "runs": rows}, indent=2))
-    print(markdown(rows))
-    print(f"\nresults: {out}")
+    compare(__doc__, list(ARMS), run_arm, markdown, name="tree_vs_chain_learning", iterations=150)
 
 
 if __name__ == "__main__":

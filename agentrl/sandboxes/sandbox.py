@@ -163,6 +163,19 @@ class Sandbox(abc.ABC):
     def _death(self) -> tuple[int | None, bool]:
         """After the channel closed: (exit code, negative for a signal; whether OOM-killed)."""
 
+    def _lost_interpreter(self) -> tuple[str, int | None, bool]:
+        """After the channel closed: discard the dead interpreter and say how it ended, as
+        (words after "the interpreter", exit code, whether OOM-killed)."""
+        exit_code, oom = self._death()
+        self._discard()
+        if oom:
+            how = "was killed for using more than its memory limit"
+        elif exit_code is not None and exit_code < 0:
+            how = f"was killed ({_signal_name(-exit_code)})"
+        else:
+            how = f"exited (code {exit_code})"
+        return how, exit_code, oom
+
     @abc.abstractmethod
     def _spawn(self) -> Sandbox:
         """A new, unstarted sandbox with the same backend settings and limits."""
@@ -335,14 +348,7 @@ class Sandbox(abc.ABC):
                 state_lost=True,
             )
         except ChannelClosed:
-            exit_code, oom = self._death()
-            self._discard()
-            if oom:
-                how = "was killed for using more than its memory limit"
-            elif exit_code is not None and exit_code < 0:
-                how = f"crashed with {_signal_name(-exit_code)}"
-            else:
-                how = f"exited with code {exit_code}"
+            how, exit_code, oom = self._lost_interpreter()
             return finish(
                 "oom" if oom else "error",
                 f"[sandbox] the interpreter {how}; the next call starts a fresh one "
@@ -566,14 +572,7 @@ class Sandbox(abc.ABC):
                 {"op": "snapshot", "timeout": timeout}, b"", time.monotonic() + timeout + self.limits.grace, max_payload
             )
         except ChannelClosed:
-            exit_code, oom = self._death()
-            self._discard()
-            if oom:
-                how = "was killed for using more than its memory limit"
-            elif exit_code is not None and exit_code < 0:
-                how = f"was killed ({_signal_name(-exit_code)})"
-            else:
-                how = f"exited (code {exit_code})"
+            how = self._lost_interpreter()[0]
             self._lost = (
                 f"cannot fork this {self.backend} sandbox: its interpreter {how} after its last call, "
                 "so the state to copy is gone and no branch can be made from it; the next run() "
