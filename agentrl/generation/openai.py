@@ -84,6 +84,43 @@ class OpenAIGenerator:
             completions.extend(self._generate_chunk(chunk, params, None))
         return completions
 
+    def check_server(self, tokenizer: Any | None = None) -> None:
+        """Fail before the first rollout, with one line, when the server cannot be used: it does
+        not answer, does not serve `self.model`, or (given the trainer's `tokenizer`) splits
+        text into other ids than the trainer's tokenizer does. The tokenizer check uses the
+        server's `/tokenize` (vLLM's); a server without one is not checked."""
+        root = self.url[: -len("/v1/completions")]
+        try:
+            response = self._client.get(root + "/v1/models")
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(
+                f"No OpenAI-compatible server answers at {root} ({exc!r}); start it (e.g. `python -m "
+                f"vllm.entrypoints.openai.api_server --model PATH --served-model-name {self.model}`) or "
+                "fix generation.base_url") from None
+        if response.status_code >= 400:
+            raise ServerUnavailable(f"{root}/v1/models answered HTTP {response.status_code}; is this an "
+                                    "OpenAI-compatible server? Fix generation.base_url")
+        served = [m.get("id") for m in response.json().get("data", [])]
+        if self.model not in served:
+            raise ServerUnavailable(f"The server at {root} serves {served}, not '{self.model}'; set "
+                                    "generation.model to the served model name")
+        if tokenizer is None:
+            return
+        probe = "Tokenizer check: 12 + 345 = 357 <answer>Paris</answer>\n"
+        answer = self._client.post(root + "/tokenize", json={"model": self.model, "prompt": probe,
+                                                             "add_special_tokens": False})
+        if answer.status_code == 404:
+            return  # not a vLLM server: nothing to compare against
+        theirs = [int(t) for t in answer.json().get("tokens", [])]
+        ours = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+        if theirs != ours:
+            raise TokenizerMismatch(
+                f"The server's model '{self.model}' tokenizes text differently from the trainer's "
+                f"tokenizer ({len(theirs)} vs {len(ours)} ids for the same probe, first difference at "
+                f"position {_first_difference(theirs, ours)}): token ids would mean other words. Serve "
+                "the same checkpoint the trainer loads (model.path), or set generation.check_tokenizer=false "
+                "only if you know they agree")
+
     def close(self) -> None:
         self._client.close()
 
@@ -138,6 +175,18 @@ class OpenAIGenerator:
             f"Completion request failed: {problem}. Check that an OpenAI-compatible server "
             f"(e.g. `vllm serve {self.model}`) is running there and serves model '{self.model}'."
         )
+
+
+class ServerUnavailable(RuntimeError):
+    """The OpenAI-compatible server does not answer, or does not serve the named model."""
+
+
+class TokenizerMismatch(RuntimeError):
+    """The served model's tokenizer splits text into other ids than the trainer's."""
+
+
+def _first_difference(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _parse_choice(choice: dict[str, Any], top_k: int) -> Completion:

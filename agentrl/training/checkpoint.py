@@ -68,6 +68,14 @@ def save_checkpoint(
     return final
 
 
+def load_policy_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a checkpoint's weights into `model` in place (the optimizer keeps its parameters)."""
+    from transformers import AutoModelForCausalLM
+
+    weights = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(weights.state_dict())
+
+
 def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
     """Where the checkpoint of `iteration` is (or would be) saved."""
     return Path(run_dir) / "checkpoints" / f"{_PREFIX}{iteration:06d}"

@@ -12,8 +12,11 @@ Reads top to bottom like a CleanRL script, one iteration at a time:
     log     = metrics.jsonl + TensorBoard under rollout/ reward/ loss/ policy/ perf/ tools/
     save    = checkpoint every `checkpoint_every` iterations and on Ctrl-C (resumable)
 
-The generator is the same module the trainer updates (HF backend), so new weights are seen by
-the next rollout without any copy.
+The generator is injected (the recipe's `generation` section; `make_generator`). The hf backend
+samples from the very module the trainer updates, so new weights are seen by the next rollout
+without any copy; a backend with its own copy of the weights (vLLM) gets them through
+`sync_weights` after every update: once, after its last optimizer step, because nothing is
+sampled between the optimizer steps of one update.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from agentrl.algorithms import (
     top_std_filter,
 )
 from agentrl.config import Config
-from agentrl.generation import HFGenerator
+from agentrl.generation import Generator, close_generator, make_generator, sync_weights
 from agentrl.models import attention_implementation, autocast, resolve_autocast
 from agentrl.rollout import RolloutEngine, make_strategy
 from agentrl.training.batch import collate, family_micro_batches, micro_batches
@@ -47,6 +50,7 @@ from agentrl.training.checkpoint import (
     checkpoint_dir,
     is_complete,
     latest_checkpoint,
+    load_policy_weights,
     load_trainer_state,
     save_checkpoint,
 )
@@ -73,7 +77,10 @@ class RLTrainer:
         make_env: Callable[[], Any],
         *,
         on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+        generator: Generator | None = None,
     ) -> None:
+        """`generator`: what samples the rollouts (default: the recipe's `generation` backend,
+        built here and closed by `train()`; one passed in stays its owner's to close)."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.model = model
@@ -84,8 +91,11 @@ class RLTrainer:
 
         device = next(model.parameters()).device
         self.autocast = resolve_autocast(config.model.autocast, device)
-        self.generator = HFGenerator(model, tokenizer, max_batch_size=rcfg.max_batch_size,
-                                     autocast=self.autocast)
+        self._owns_generator = generator is None
+        if generator is None:
+            generator = make_generator(config.generation, model, tokenizer, max_batch_size=rcfg.max_batch_size,
+                                       max_model_len=rcfg.max_total_tokens, autocast=self.autocast)
+        self.generator = generator
         sampling = SamplingParams(temperature=rcfg.temperature, top_p=rcfg.top_p,
                                   max_new_tokens=rcfg.max_new_tokens)
         self.engine = RolloutEngine(self.generator, tokenizer, sampling, max_turns=rcfg.max_turns,
@@ -115,10 +125,8 @@ class RLTrainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        from transformers import AutoModelForCausalLM
-
-        weights = AutoModelForCausalLM.from_pretrained(path, dtype=next(self.model.parameters()).dtype)
-        self.model.load_state_dict(weights.state_dict())
+        load_policy_weights(self.model, path)
+        sync_weights(self.generator, self.model)  # a generator with its own copy samples them too
         state = load_trainer_state(path, self.optimizer, self.scheduler)
         self.iteration = int(state["iteration"])
         self.next_task = int(state["next_task"])
@@ -172,6 +180,8 @@ class RLTrainer:
         finally:
             self.engine.close()
             self.logger.close()
+            if self._owns_generator:
+                close_generator(self.generator)
 
     def train_iteration(self) -> dict[str, float]:
         cfg = self.config
@@ -198,6 +208,8 @@ class RLTrainer:
             update_metrics = self._update(kept, advantages) if kept else {"policy/optimizer_steps": 0.0}
         self._updating = False
         update_time = time.perf_counter() - update_started
+        # 4. The generator samples the next rollouts from the new weights.
+        weight_sync_time = sync_weights(self.generator, self.model) if kept else 0.0
 
         metrics = {
             **rollout_metrics,
@@ -205,6 +217,7 @@ class RLTrainer:
             "rollout/groups": float(len(groups)),
             "rollout/groups_kept": float(len(kept_ids)),
             "perf/update_s": update_time,
+            "perf/weight_sync_s": weight_sync_time,
             "perf/iteration_s": time.perf_counter() - started,
             "perf/train_tokens_per_s": sum(len(t.token_ids) for t in kept) * cfg.train.ppo_epochs
             / max(update_time, 1e-9),

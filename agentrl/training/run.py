@@ -34,7 +34,7 @@ from agentrl.config import Config, ConfigError, dump_config
 from agentrl.envs import make_env as make_registered_env
 from agentrl.envs.registry import import_env_module
 from agentrl.eval import evaluate
-from agentrl.generation import HFGenerator
+from agentrl.generation import Generator, close_generator, make_generator
 from agentrl.models import build_tiny_model, load_model, resolve_autocast
 from agentrl.rollout import collect_demonstrations
 from agentrl.training.corpus import env_corpus, has_oracle
@@ -104,6 +104,13 @@ def _check_recipe(config: Config) -> None:
                 "write demonstrations with; set sft.demos=0 (RL from the start) or give the env "
                 "an oracle_action()")
     check_sandbox_settings(config)
+    generation = config.generation
+    if generation.backend == "openai" and generation.weight_sync == "none":
+        raise ConfigError(
+            "generation.backend=openai with weight_sync=none: the server would keep sampling from the "
+            "starting weights while the trainer updates its own; for training use generation.backend=vllm "
+            "(in-process) or a `vllm serve` started for weight sync (generation.weight_sync=vllm, "
+            "docs/scale.md). weight_sync=none is for `agentrl eval`")
 
 
 def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
@@ -137,17 +144,20 @@ def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
                 model.save_pretrained(partial)
                 tokenizer.save_pretrained(partial)
 
-    if evaluate_before:
-        results["before RL"] = _evaluate_once(config, run_dir, "before_rl", model, tokenizer,
-                                              make_eval_env, console)
+    generator = _generator(config, model, tokenizer)
+    try:
+        if evaluate_before:
+            results["before RL"] = _evaluate_once(config, run_dir, "before_rl", generator, tokenizer,
+                                                  make_eval_env, console)
+        trainer = RLTrainer(config, run_dir, model, tokenizer, make_env, generator=generator)
+        if resume and trainer.resume():
+            console.print(f"[bold]Resuming[/bold] RL from iteration {trainer.iteration}")
+        _train_with_progress(trainer, console, make_eval_env)
 
-    trainer = RLTrainer(config, run_dir, model, tokenizer, make_env)
-    if resume and trainer.resume():
-        console.print(f"[bold]Resuming[/bold] RL from iteration {trainer.iteration}")
-    _train_with_progress(trainer, console, make_eval_env)
-
-    results["after RL"] = _evaluate_once(config, run_dir, "after_rl", model, tokenizer, make_eval_env,
-                                         console, reuse=False)
+        results["after RL"] = _evaluate_once(config, run_dir, "after_rl", generator, tokenizer,
+                                             make_eval_env, console, reuse=False)
+    finally:
+        close_generator(generator)
     write_results(run_dir, results, config.eval.k)
     plot_reward_curve(run_dir)
     console.print(comparison_table(results, config.eval.k))
@@ -213,15 +223,20 @@ def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console, pool
     logger.close()
 
 
-def _evaluate_once(config: Config, run_dir: Path, name: str, model, tokenizer, make_env,
+def _generator(config: Config, model, tokenizer) -> Generator:
+    """The recipe's generator (`generation`) for `model`, shared by training and evaluation."""
+    return make_generator(config.generation, model, tokenizer, max_batch_size=config.rollout.max_batch_size,
+                          max_model_len=config.rollout.max_total_tokens,
+                          autocast=resolve_autocast(config.model.autocast, config.model.device))
+
+
+def _evaluate_once(config: Config, run_dir: Path, name: str, generator: Generator, tokenizer, make_env,
                    console: Console, reuse: bool = True) -> dict[str, Any]:
     (run_dir / "eval").mkdir(exist_ok=True)
     path = run_dir / "eval" / f"{name}.json"
     if reuse and path.is_file():
         return json.loads(path.read_text())["metrics"]
     ecfg = config.eval
-    generator = HFGenerator(model, tokenizer, max_batch_size=config.rollout.max_batch_size,
-                            autocast=resolve_autocast(config.model.autocast, config.model.device))
     seeds = range(ecfg.seed_offset, ecfg.seed_offset + ecfg.tasks)
     with status(console, f"Evaluating on {ecfg.tasks} held-out tasks ({name})"):
         started = time.perf_counter()
@@ -252,7 +267,7 @@ def _train_with_progress(trainer: RLTrainer, console: Console, make_eval_env=Non
                 f"{metrics['perf/tokens_per_s']:.0f} tok/s"))
             # The last iteration is evaluated after training anyway ("after RL").
             if make_eval_env is not None and every and iteration % every == 0 and iteration < total:
-                held_out = _evaluate_once(config, trainer.run_dir, f"iter_{iteration:04d}", trainer.model,
+                held_out = _evaluate_once(config, trainer.run_dir, f"iter_{iteration:04d}", trainer.generator,
                                           trainer.tokenizer, make_eval_env, console)
                 trainer.logger.log(iteration, {f"eval/{key}": value for key, value in held_out.items()
                                                if isinstance(value, (int, float))})
@@ -301,7 +316,11 @@ def run_eval_only(config: Config, model_path: Path, *, console: Console | None =
     check_sandbox_settings(config)
     model, tokenizer = load_model(model_path, dtype=_DTYPES[config.model.dtype], device=config.model.device)
     model_path = Path(model_path)
-    with recipe_sandbox_pool(config) as pool:
-        make_env = env_factory(config, evaluation=True, pool=pool)
-        return _evaluate_once(config, model_path, "held_out", model, tokenizer, make_env, console,
-                              reuse=False)
+    generator = _generator(config, model, tokenizer)
+    try:
+        with recipe_sandbox_pool(config) as pool:
+            make_env = env_factory(config, evaluation=True, pool=pool)
+            return _evaluate_once(config, model_path, "held_out", generator, tokenizer, make_env, console,
+                                  reuse=False)
+    finally:
+        close_generator(generator)
