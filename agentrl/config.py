@@ -375,9 +375,22 @@ class EvalConfig(_Section):
     k: int = Field(5, ge=1, description="Succ@k: solved within k turns")
     #: Merged into env.kwargs for evaluation only (e.g. {split: test} for a held-out split).
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    #: episodes sampled per task; pass@k (unbiased, k <= samples) is reported for k in pass_k
+    #: Episodes sampled per task (each a whole multi-turn episode, with its own noise).
     samples: int = Field(1, ge=1)
-    pass_k: list[int] = Field(default_factory=lambda: [1])
+    #: pass@k is reported for each k here: the unbiased estimate of the chance that at least
+    #: one of k episodes of a task ends solved (agentrl.eval.pass_at_k); each k <= samples.
+    pass_k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1)
+
+    @model_validator(mode="after")
+    def _enough_samples(self) -> EvalConfig:
+        over = [k for k in self.pass_k if k > self.samples]
+        if over:
+            raise PydanticCustomError(
+                "pass_k_samples",
+                "pass@{k} (pass_k) needs at least {k} episodes per task, and samples={samples}; "
+                "set eval.samples={k} or more, or drop {k} from eval.pass_k",
+                {"k": max(over), "samples": self.samples})
+        return self
 
 
 class SandboxConfig(_Section):
