@@ -57,6 +57,13 @@ class LoraConfig(_Section):
     #: the output head.
     target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
+    @field_validator("target_modules")
+    @classmethod
+    def _names_some_module(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError('name at least one module (e.g. [q_proj, v_proj]) or use "all-linear"')
+        return value
+
 
 class ModelConfig(_Section):
     #: "tiny" builds the offline tiny model in the run directory; anything else is a local

@@ -21,7 +21,10 @@ def _forward_parameters(forward_owner: type) -> frozenset[str]:
 
 
 def forward_parameters(model: torch.nn.Module) -> frozenset[str]:
-    """The argument names `model`'s forward declares."""
+    """The argument names `model`'s forward declares. A peft LoRA wrapper's forward takes
+    `**kwargs` and hands them on to the model it wraps, so that model's forward counts."""
+    if type(model).__module__.startswith("peft.") and hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     return _forward_parameters(type(model))
 
 

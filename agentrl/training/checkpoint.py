@@ -3,7 +3,15 @@
 A checkpoint is a directory `checkpoints/iter_XXXXXX` holding the state *before* iteration
 XXXXXX runs. `--resume` loads the newest complete one; the loop then continues with the same task order
 and RNG state. A run killed at any moment (Ctrl-C, `kill -9`, the out-of-memory killer) resumes
-without losing or repeating anything:
+without losing or repeating anything.
+
+What a checkpoint holds: the model in Hugging Face format (`save_pretrained`), the tokenizer,
+`trainer.pt` (optimizer, schedule, RNG) and `trainer_state.json` (loop state). For a model with
+LoRA adapters (`model.lora`, `agentrl.models.lora`) the model part is the adapter alone, as peft
+saves it (`adapter_config.json` + `adapter_model.safetensors`), not a copy of the frozen base:
+the base is the run's starting model, which a resumed run loads again before the adapter.
+
+Writing is crash-safe:
 
 - A checkpoint is written under a temporary name, its files are flushed to disk, and
   `manifest.json`, written last, lists every file with its size; only then is the directory
@@ -28,6 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentrl.config import ConfigError
+from agentrl.models.lora import (
+    ADAPTER_CONFIG,
+    is_peft_model,
+    load_adapter_weights,
+    unwrap_model,
+)
 from agentrl.training.durable import fsync_path
 
 _PREFIX = "iter_"
@@ -50,7 +65,8 @@ def save_checkpoint(
     _remove_leftovers(root)
     final = checkpoint_dir(run_dir, iteration)
     tmp = root / f"{_TEMPORARY}{final.name}"
-    model.save_pretrained(tmp)
+    # A PeftModel saves its adapter only; a DDP/FSDP wrapper saves the model it holds.
+    unwrap_model(model).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": _rng_state()}, tmp / "trainer.pt")
@@ -68,10 +84,31 @@ def save_checkpoint(
     return final
 
 
+class CheckpointMismatch(ConfigError):
+    """A checkpoint that does not fit the model it is loaded into (adapter vs full weights):
+    the recipe that resumes a run differs from the one that saved it."""
+
+
 def load_policy_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a checkpoint's weights into `model` in place (the optimizer keeps its parameters)."""
+    """Load a checkpoint's weights into `model` in place (the optimizer keeps its parameters).
+
+    A model with LoRA adapters gets the checkpoint's adapter weights (its frozen base stays as
+    it is); any other model gets every weight.
+    """
     from transformers import AutoModelForCausalLM
 
+    path = Path(path)
+    model = unwrap_model(model)
+    holds_adapter = (path / ADAPTER_CONFIG).is_file()
+    if is_peft_model(model):
+        if not holds_adapter:
+            raise CheckpointMismatch(f"{path} holds full model weights but the recipe trains LoRA adapters "
+                                     "(model.lora): resume it without model.lora, or start a new run")
+        load_adapter_weights(model, path)
+        return
+    if holds_adapter:
+        raise CheckpointMismatch(f"{path} holds a LoRA adapter but the recipe trains full weights: resume it "
+                                 "with the model.lora settings it was trained with")
     weights = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
     model.load_state_dict(weights.state_dict())
 

@@ -9,9 +9,13 @@ import torch
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                    betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW over the parameters of `model` that require gradients: with LoRA adapters
+    (`model.lora`) only the adapters, so no optimizer state is kept for the frozen base."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"{type(model).__name__} has no parameter that requires gradients: nothing to train")
     # foreach=True keeps the step to a few fused kernels, which matters on CPU.
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas,
-                             foreach=True)
+    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=betas, foreach=True)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,

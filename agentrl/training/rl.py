@@ -44,6 +44,7 @@ from agentrl.algorithms import (
 from agentrl.config import Config
 from agentrl.generation import Generator, close_generator, make_generator, sync_weights
 from agentrl.models import attention_implementation, autocast, resolve_autocast
+from agentrl.models.lora import adapters_disabled, is_peft_model
 from agentrl.rollout import RolloutEngine, make_strategy
 from agentrl.training.batch import collate, family_micro_batches, micro_batches
 from agentrl.training.checkpoint import (
@@ -106,10 +107,12 @@ class RLTrainer:
         self.optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tuple(tcfg.betas))
         total_steps = tcfg.iterations * tcfg.ppo_epochs * tcfg.mini_batches
         self.scheduler = warmup_cosine(self.optimizer, tcfg.warmup_steps, total_steps, tcfg.min_lr_ratio)
-        # A frozen copy of the starting policy, only when a KL term needs it.
+        # A frozen copy of the starting policy, only when a KL term needs it. With LoRA adapters
+        # (which start at zero) the starting policy is the base model: the policy itself with
+        # its adapters disabled (`_loss`), so no second copy of the weights is kept.
         self.ref_model = None
         if cfg.algorithm.kl_coef > 0:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
         self.logger = MetricsLogger(self.run_dir)
         self.iteration = 0
         self.next_task = 0  # task counter: iteration i's seeds follow from it deterministically
@@ -410,7 +413,7 @@ class RLTrainer:
         if acfg.entropy_coef:
             loss = loss - acfg.entropy_coef * mean_entropy
         if self.ref_model is not None:
-            with torch.no_grad():
+            with torch.no_grad(), adapters_disabled(self.ref_model):
                 ref, _ = token_logprobs(self.ref_model, batch.input_ids, batch.attention_mask,
                                         temperature=self.config.rollout.temperature, prefix_plan=plan)
             kl = aggregate(kl_penalty(logprobs, ref, kind=acfg.kl_kind), batch.loss_mask, acfg.agg)

@@ -144,6 +144,7 @@ def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
                 model.save_pretrained(partial)
                 tokenizer.save_pretrained(partial)
 
+    model = _with_adapters(config, model, console)
     generator = _generator(config, model, tokenizer)
     try:
         if evaluate_before:
@@ -196,6 +197,21 @@ def _policy(config: Config, run_dir: Path, make_env: Callable[[], Any], console:
                                  num_kv_heads=tiny.num_kv_heads, intermediate_size=tiny.intermediate_size,
                                  seed=config.run.seed)
     return load_model(init_dir, dtype=dtype, device=device)
+
+
+def _with_adapters(config: Config, model, console: Console):
+    """The policy RL trains: `model` itself, or with `model.lora` set, `model` wrapped in fresh
+    LoRA adapters (agentrl.models.lora). The SFT warm-up, when there is one, has already
+    trained every weight: adapters start on the SFT model, which stays frozen under them."""
+    if config.model.lora is None:
+        return model
+    from agentrl.models.lora import apply_lora, trainable_parameters
+
+    model = apply_lora(model, config.model.lora)
+    trainable, total = trainable_parameters(model)
+    console.print(f"[dim]LoRA adapters: {trainable:,} of {total:,} parameters train "
+                  f"({100 * trainable / total:.2f}%)[/dim]")
+    return model
 
 
 def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console, pool: Any = None) -> None:
