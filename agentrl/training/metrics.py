@@ -63,6 +63,20 @@ class MetricsLogger:
         self._open()
 
 
+class DiscardingLogger:
+    """The logger of ranks other than 0 in a run over several ranks: rank 0 alone writes the run
+    directory's logs (with the metrics of every rank combined), the others drop theirs."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def rewind(self, lengths: Mapping[str, int]) -> None:
+        pass
+
+
 def log_lengths(run_dir: Path) -> dict[str, int]:
     """The byte length of each log of the run directory now, by path relative to it, after
     flushing them to disk (so that lengths a checkpoint records are on disk too)."""

@@ -55,8 +55,18 @@ from agentrl.training.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
+from agentrl.generation.seeding import derive_seed
+from agentrl.training.distributed import (
+    GradientSync,
+    all_gather_objects,
+    all_reduce_sum,
+    check_world_size,
+    current_ranks,
+    gather_objects,
+    global_positions,
+)
 from agentrl.training.logprobs import token_logprobs
-from agentrl.training.metrics import MetricsLogger, log_lengths
+from agentrl.training.metrics import DiscardingLogger, MetricsLogger, log_lengths
 from agentrl.training.tool_metrics import tool_metrics
 from agentrl.training.optim import make_optimizer, warmup_cosine
 from agentrl.training.shared_prefix import PrefixPlan, plan_shared_prefixes
@@ -89,6 +99,10 @@ class RLTrainer:
         self.make_env = make_env
         self.on_iteration = on_iteration
         cfg, rcfg, tcfg = config, config.rollout, config.train
+        # Under torchrun: this rank's place (one process: rank 0 of 1). Every rank rolls out its
+        # share of the groups; rank 0 alone writes the run directory.
+        self.ranks = current_ranks()
+        check_world_size(config, self.ranks.world_size)
 
         device = next(model.parameters()).device
         self.autocast = resolve_autocast(config.model.autocast, device)
@@ -113,7 +127,9 @@ class RLTrainer:
         self.ref_model = None
         if cfg.algorithm.kl_coef > 0:
             self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
-        self.logger = MetricsLogger(self.run_dir)
+        self.logger = MetricsLogger(self.run_dir) if self.ranks.is_main else DiscardingLogger()
+        # Sums the ranks' gradients once per optimizer step (one process: nothing to do).
+        self.gradient_sync = GradientSync(model, self.ranks)
         self.iteration = 0
         self.next_task = 0  # task counter: iteration i's seeds follow from it deterministically
         self._iteration_first_task = 0
@@ -139,7 +155,10 @@ class RLTrainer:
 
     def save(self, logs: dict[str, int] | None = None) -> Path:
         """Checkpoint the state before iteration `self.iteration` runs. `logs`: the log lengths
-        that belong to that state (default: the logs as they are now)."""
+        that belong to that state (default: the logs as they are now). Over several ranks only
+        rank 0 writes it (the ranks' states are equal); the others return its path."""
+        if not self.ranks.is_main:
+            return checkpoint_dir(self.run_dir, self.iteration)
         logs = log_lengths(self.run_dir) if logs is None else logs
         return save_checkpoint(self.run_dir, self.iteration, self.model, self.tokenizer, self.optimizer,
                                self.scheduler, {"next_task": self.next_task, "log_lengths": logs},
@@ -193,8 +212,17 @@ class RLTrainer:
 
         # 1. Rollout (with DAPO-style refills when a filter drops uninformative groups).
         groups, kept_ids, rollout_time = self._rollout_with_filter()
-        rollout_metrics = self._rollout_metrics(groups, rollout_time)
-        rollout_metrics.update(getattr(self.strategy, "metrics", dict)())  # e.g. arpo/ diagnostics
+        strategy_metrics = getattr(self.strategy, "metrics", dict)()  # e.g. arpo/ diagnostics
+        # Over several ranks, rank 0 sees every rank's groups (in group order, as one process
+        # would have them) for the metrics and the trajectory log; the others log nothing.
+        everyone = gather_objects((groups, rollout_time, strategy_metrics))
+        all_groups = groups
+        if everyone is not None:
+            all_groups = sorted((g for part in everyone for g in part[0]), key=lambda g: g.group_id)
+            rollout_time = max(part[1] for part in everyone)
+            strategy_metrics = _mean_of_ranks([part[2] for part in everyone])
+        rollout_metrics = self._rollout_metrics(all_groups, rollout_time)
+        rollout_metrics.update(strategy_metrics)
 
         # 2. Advantages, broadcast to each trajectory's action tokens. A trajectory the
         #    infrastructure ended (env crash, tool or sandbox failure) is in no group statistic.
@@ -202,39 +230,50 @@ class RLTrainer:
                        if g.group_id in kept_ids]
         kept = [t for g in kept_groups for t in g.trajectories]
         advantages = token_advantages(cfg.algorithm.advantage, kept_groups, cfg.algorithm)
+        # Where this rank's trajectories sit in the batch of every rank (one process: 0..n-1).
+        mine = [(g.group_id, len(g.trajectories)) for g in kept_groups]
+        everyone_kept = [pair for part in all_gather_objects(mine) for pair in part]
+        positions = global_positions(mine, everyone_kept)
+        batch_size = sum(count for _, count in everyone_kept)
 
         # 3. Policy update.
         update_started = time.perf_counter()
         self._updating = True
         # Nothing informative kept (e.g. every group solved): no optimizer step this iteration.
         with attention_implementation(self.model, cfg.train.attention):
-            update_metrics = self._update(kept, advantages) if kept else {"policy/optimizer_steps": 0.0}
+            update_metrics = (self._update(kept, advantages, positions, batch_size) if batch_size
+                              else {"policy/optimizer_steps": 0.0})
         self._updating = False
         update_time = time.perf_counter() - update_started
         # 4. The generator samples the next rollouts from the new weights.
-        weight_sync_time = sync_weights(self.generator, self.model) if kept else 0.0
+        weight_sync_time = sync_weights(self.generator, self.model) if batch_size else 0.0
+        (trained_tokens,) = all_reduce_sum(sum(len(t.token_ids) for t in kept))
 
         metrics = {
             **rollout_metrics,
             **update_metrics,
-            "rollout/groups": float(len(groups)),
+            "rollout/groups": float(len(all_groups)),
             "rollout/groups_kept": float(len(kept_ids)),
             "perf/update_s": update_time,
             "perf/weight_sync_s": weight_sync_time,
             "perf/iteration_s": time.perf_counter() - started,
-            "perf/train_tokens_per_s": sum(len(t.token_ids) for t in kept) * cfg.train.ppo_epochs
-            / max(update_time, 1e-9),
+            "perf/train_tokens_per_s": trained_tokens * cfg.train.ppo_epochs / max(update_time, 1e-9),
         }
         self.logger.log(self.iteration + 1, metrics)
-        self._log_trajectories(groups, dict(zip(map(id, kept), advantages)))
+        if self.ranks.is_main:
+            # Advantages are known for this rank's trajectories; the others' log as not trained.
+            self._log_trajectories(all_groups, dict(zip(map(id, kept), advantages)))
         return metrics
 
     # --- rollout -----------------------------------------------------------------------------
 
     def _next_tasks(self, count: int) -> list[dict[str, Any]]:
+        """This rank's share of the next `count` tasks. Every rank advances the task counter by
+        the whole `count`, so the tasks of all ranks together are those one process would run,
+        in the same order (rank 0 takes the first block, rank 1 the next, ...)."""
         start = self.config.env.train_seed_offset + self.next_task
         self.next_task += count
-        return [{"seed": start + i} for i in range(count)]
+        return [{"seed": start + i} for i in self.ranks.share(count)]
 
     def _rollout_with_filter(self) -> tuple[list[Group], set[int], float]:
         """Rollouts of this iteration, the ids of the groups the filter keeps, and the time."""
@@ -244,17 +283,24 @@ class RLTrainer:
         kept: set[int] = set()
         elapsed = 0.0
         rounds = 0
+        groups_so_far = 0  # over all ranks
         while True:
-            tasks = self._next_tasks(wanted - len(kept))
-            self.engine.sampling.seed = cfg.run.seed * 1_000_003 + self.next_task
+            count = wanted - len(kept)
+            first_seed = cfg.env.train_seed_offset + self.next_task
+            tasks = self._next_tasks(count)
+            seed = cfg.run.seed * 1_000_003 + self.next_task
+            # Ranks number their groups from 0 alike: each draws its own noise.
+            self.engine.sampling.seed = derive_seed(seed, self.ranks.rank) if self.ranks.distributed else seed
             t0 = time.perf_counter()
             new = self.engine.run(self.make_env, tasks, self.strategy, close_envs=True)
             elapsed += time.perf_counter() - t0
             for g in new:
-                g.group_id = len(groups)
+                # The group's id is its place among every rank's groups, as one process numbers them.
+                g.group_id = groups_so_far + int(g.task["seed"]) - first_seed
                 for t in g.trajectories:
                     t.group_id = g.group_id
                 groups.append(g)
+            groups_so_far += count
             kept = self._apply_filter(groups)
             rounds += 1
             if (cfg.algorithm.group_filter != "dynamic" or len(kept) >= wanted
@@ -262,9 +308,13 @@ class RLTrainer:
                 return groups, kept, elapsed
 
     def _apply_filter(self, groups: list[Group]) -> set[int]:
+        """The ids of the groups the filter keeps, among the groups of every rank (the filter
+        compares groups, e.g. UFO's top-std fraction, so it sees them all, in group order)."""
         acfg = self.config.algorithm
-        rewards = [t.reward for g in groups for t in _trainable(g)]
-        ids = [g.group_id for g in groups for t in _trainable(g)]
+        mine = [(g.group_id, [t.reward for t in _trainable(g)]) for g in groups]
+        everyone = sorted((pair for part in all_gather_objects(mine) for pair in part), key=lambda p: p[0])
+        rewards = [r for _, group_rewards in everyone for r in group_rewards]
+        ids = [gid for gid, group_rewards in everyone for _ in group_rewards]
         if acfg.group_filter == "dynamic":
             keep = dynamic_sampling_filter(rewards, ids)
         elif acfg.group_filter == "top_std":
@@ -320,55 +370,78 @@ class RLTrainer:
 
     # --- update ------------------------------------------------------------------------------
 
-    def _update(self, trajs: list[Trajectory], advantages: list[np.ndarray]) -> dict[str, float]:
+    def _update(self, trajs: list[Trajectory], advantages: list[np.ndarray],
+                positions: list[int] | None = None, batch_size: int | None = None) -> dict[str, float]:
+        """The policy update on `trajs` (this rank's trajectories of the iteration).
+
+        Over several ranks, `positions[i]` is where `trajs[i]` sits in the batch of all ranks
+        (`batch_size` trajectories; one process: the identity and len(trajs)). Every rank
+        shuffles that whole batch alike and splits it into the same mini-batches, backpropagates
+        through its own members of each (any number of micro-batches, none included), and the
+        ranks' gradients and loss denominators are summed: each step is the one a single process
+        takes on the whole batch.
+        """
         cfg, tcfg = self.config, self.config.train
         device = next(self.model.parameters()).device
         lengths = [len(t.token_ids) for t in trajs]
+        positions = list(range(len(trajs))) if positions is None else positions
+        batch_size = len(trajs) if batch_size is None else batch_size
+        local = {position: i for i, position in enumerate(positions)}
         order_rng = random.Random(cfg.run.seed * 7919 + self.iteration)
         forward = self._needs_forward(trajs, advantages)
         totals: dict[str, float] = defaultdict(float)
+        grad_norms = 0.0
         steps = 0
         shared_tokens = forwarded_tokens = 0
         self.model.train()
         for _ in range(tcfg.ppo_epochs):
-            order = list(range(len(trajs)))
+            order = list(range(batch_size))
             order_rng.shuffle(order)
             size = math.ceil(len(order) / tcfg.mini_batches)
             for mb_start in range(0, len(order), size):
-                mini = order[mb_start:mb_start + size]
+                mini = [local[p] for p in order[mb_start:mb_start + size] if p in local]
                 # The loss is normalised over the whole mini-batch, skipped sequences included,
                 # so skipping changes the cost of a step, never its gradient.
-                denominator = self._denominator([trajs[i] for i in mini])
                 used = [i for i in mini if forward[i]]
-                used_denominator = self._denominator([trajs[i] for i in used])
+                denominator, used_denominator = self._denominator([trajs[i] for i in mini],
+                                                                  [trajs[i] for i in used])
                 self.optimizer.zero_grad(set_to_none=True)
-                accumulated: dict[str, float] = defaultdict(float)
-                for micro in self._micro_batches(trajs, used, lengths):
-                    batch = collate([trajs[i] for i in micro], [advantages[i] for i in micro],
-                                    self.tokenizer.pad_token_id, device)
-                    share = self._share(batch)
-                    if share == 0:
-                        continue
-                    plan = self._prefix_plan([trajs[i] for i in micro])
-                    shared_tokens += plan.saved_tokens if plan else 0
-                    forwarded_tokens += plan.forwarded_tokens if plan else int(batch.attention_mask.sum())
-                    with autocast(device, self.autocast):
-                        loss, parts = self._loss(batch, plan)
-                    (loss * share / denominator).backward()
-                    for key, value in parts.items():  # diagnostics: mean over the used sequences
-                        accumulated[key] += value * share / used_denominator
+                with self.gradient_sync.accumulating():
+                    for micro in self._micro_batches(trajs, used, lengths):
+                        batch = collate([trajs[i] for i in micro], [advantages[i] for i in micro],
+                                        self.tokenizer.pad_token_id, device)
+                        share = self._share(batch)
+                        if share == 0:
+                            continue
+                        plan = self._prefix_plan([trajs[i] for i in micro])
+                        shared_tokens += plan.saved_tokens if plan else 0
+                        forwarded_tokens += plan.forwarded_tokens if plan else int(batch.attention_mask.sum())
+                        with autocast(device, self.autocast):
+                            loss, parts = self._loss(batch, plan)
+                        # loss_scale (the world size) undoes DDP's mean over the ranks.
+                        (loss * (share * self.gradient_sync.loss_scale / denominator)).backward()
+                        for key, value in parts.items():  # diagnostics: mean over the used sequences
+                            totals[key] += value * share / used_denominator
+                self.gradient_sync.synchronise()  # every rank, whatever it backpropagated
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
                 steps += 1
-                accumulated["policy/grad_norm"] = float(grad_norm)
-                for key, value in accumulated.items():
-                    totals[key] += value
+                grad_norms += float(grad_norm)
         self.model.eval()
+        # The diagnostics are each rank's part of a mean over every rank's sequences: they add up.
+        counts = (sum(forward), len(forward), shared_tokens, forwarded_tokens)
+        everyone = all_gather_objects((dict(totals), counts))
+        totals = defaultdict(float)
+        for rank_totals, _ in everyone:
+            for key, value in rank_totals.items():
+                totals[key] += value
+        forwarded, sequences, shared_tokens, forwarded_tokens = (sum(c[k] for _, c in everyone) for k in range(4))
         metrics = {key: value / max(steps, 1) for key, value in totals.items()}
+        metrics["policy/grad_norm"] = grad_norms / max(steps, 1)
         metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
         metrics["policy/optimizer_steps"] = float(steps)
-        metrics["perf/skipped_sequences"] = 1.0 - sum(forward) / max(1, len(forward))
+        metrics["perf/skipped_sequences"] = 1.0 - forwarded / max(1, sequences)
         metrics["perf/update_tokens_shared"] = float(shared_tokens)
         metrics["perf/update_tokens_forwarded"] = float(forwarded_tokens)
         return metrics
@@ -426,10 +499,15 @@ class RLTrainer:
         """This micro-batch's weight in its mini-batch under the aggregation mode."""
         return float(batch.num_tokens if self.config.algorithm.agg == "token-mean" else batch.num_sequences)
 
-    def _denominator(self, trajs: list[Trajectory]) -> float:
+    def _denominator(self, *parts: list[Trajectory]) -> tuple[float, ...]:
+        """The loss denominator of each list of trajectories under the aggregation mode (action
+        tokens for token-mean, sequences with an action token for the seq-mean modes), summed
+        over the ranks: each rank holds its share of a mini-batch, the denominator is the whole's."""
         if self.config.algorithm.agg == "token-mean":
-            return float(max(1, sum(t.num_action_tokens for t in trajs)))
-        return float(max(1, sum(1 for t in trajs if t.num_action_tokens > 0)))
+            counts = [sum(t.num_action_tokens for t in trajs) for trajs in parts]
+        else:
+            counts = [sum(1 for t in trajs if t.num_action_tokens > 0) for trajs in parts]
+        return tuple(max(1.0, total) for total in all_reduce_sum(*counts))
 
     # --- sinks -------------------------------------------------------------------------------
 
@@ -455,3 +533,12 @@ def _trainable(group: Group) -> list[Trajectory]:
     """The group's trajectories that say something about the policy: all but those the
     infrastructure ended."""
     return [t for t in group.trajectories if not t.infra_error]
+
+
+def _mean_of_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's mean over the ranks that report it (the strategy's diagnostics, e.g. arpo/)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for metrics in per_rank:
+        for key, value in metrics.items():
+            values[key].append(float(value))
+    return {key: float(np.mean(found)) for key, found in values.items()}
