@@ -416,15 +416,21 @@ class SandboxConfig(_Section):
 
 
 class RayConfig(_Section):
-    """Env and sandbox workers as Ray actors (docs/scale.md): the engine steps them through the
-    same env interface as local envs."""
+    """Env and sandbox workers as Ray actors (docs/scale.md, section 4): the engine steps them
+    through the same env interface as local envs; the sandbox pools live in the workers."""
 
     enabled: bool = False
-    #: None starts a local Ray instance; "auto" or "ray://host:port" joins a running cluster
+    #: None starts a local Ray instance (shut down after the run); "auto" or
+    #: "ray://host:port" joins a running cluster (left running)
     address: str | None = None
-    #: env worker actors; each holds envs and one sandbox pool (sandbox.pool_size sandboxes)
+    #: env worker actors, spread over the nodes; each holds envs and one sandbox pool
+    #: (sandbox.pool_size sandboxes)
     workers: int = Field(2, ge=1)
     num_cpus_per_worker: float = Field(1.0, gt=0.0)
+    #: env calls one worker runs at once (envs mostly wait on sandboxes and tools)
+    max_concurrency: int = Field(64, ge=1)
+    #: object store of a local Ray instance, in MB (env traffic is small text)
+    object_store_mb: int = Field(200, ge=80)
 
 
 class Config(_Section):
