@@ -43,8 +43,9 @@ from agentrl.training.metrics import MetricsLogger, rewind_logs
 from agentrl.training.progress import progress as _progress
 from agentrl.training.progress import status
 from agentrl.training.report import comparison_table, plot_reward_curve, write_results
+from agentrl.training.ray_envs import recipe_env_hosts
 from agentrl.training.rl import RLTrainer
-from agentrl.training.sandbox_pool import check_sandbox_settings, demo_chunk, recipe_sandbox_pool
+from agentrl.training.sandbox_pool import check_sandbox_settings, demo_chunk
 from agentrl.training.sft import sft_train
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,13 +56,20 @@ class RunDirectoryExists(RuntimeError):
 
 
 def env_factory(config: Config, *, evaluation: bool = False, demonstrations: bool = False,
-                pool: Any = None) -> Callable[[], Any]:
+                pool: Any = None, workers: Any = None) -> Callable[[], Any]:
     """A zero-argument constructor of the recipe's env (raises UnknownEnvError early).
 
     With `evaluation=True` the eval section's env kwargs (e.g. a held-out split) are merged in;
     with `demonstrations=True` the sft section's (e.g. only short tasks for the warm-up); a
-    `pool` (the recipe's sandbox pool) is given to the env as its `pool` argument.
+    `pool` (the recipe's sandbox pool) is given to the env as its `pool` argument. With
+    `workers` (the run's env workers, `ray.enabled`) the envs are built there and driven
+    through RemoteEnv proxies; each worker gives them its own sandbox pool.
     """
+    if workers is not None:
+        kwargs = dict(config.env.kwargs)
+        kwargs.update(config.eval.env_kwargs if evaluation else {})
+        kwargs.update(config.sft.env_kwargs if demonstrations else {})
+        return workers.factory(config.env.id, kwargs)
     for module in config.env.imports:
         import_env_module(module)  # a module that cannot be imported is an UnknownEnvError
     env_id, kwargs = config.env.id, dict(config.env.kwargs)
@@ -81,9 +89,9 @@ def run_training(config: Config, *, resume: bool = False, console: Console | Non
     console = console or Console()
     _prepare_process(config)
     _check_recipe(config)  # before anything is started or written
-    with recipe_sandbox_pool(config) as pool:
+    with recipe_env_hosts(config) as (pool, workers):  # a local sandbox pool, or Ray env workers
         return _run_training(config, pool, resume=resume, console=console,
-                             evaluate_before=evaluate_before)
+                             evaluate_before=evaluate_before, workers=workers)
 
 
 def _check_recipe(config: Config) -> None:
@@ -114,9 +122,9 @@ def _check_recipe(config: Config) -> None:
 
 
 def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
-                  evaluate_before: bool) -> dict[str, Any]:
-    make_env = env_factory(config, pool=pool)
-    make_eval_env = env_factory(config, evaluation=True, pool=pool)
+                  evaluate_before: bool, workers: Any = None) -> dict[str, Any]:
+    make_env = env_factory(config, pool=pool, workers=workers)
+    make_eval_env = env_factory(config, evaluation=True, pool=pool, workers=workers)
     run_dir = Path(config.run.out_dir) / config.run.name
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not resume:
         raise RunDirectoryExists(
@@ -139,7 +147,7 @@ def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
             # Nothing but SFT logs before it ends: lines of an SFT run killed half-way go, so
             # the SFT that runs again writes its lines once.
             rewind_logs(run_dir, {})
-            _sft(config, run_dir, model, tokenizer, console, pool)
+            _sft(config, run_dir, model, tokenizer, console, pool, workers)
             with _written_whole(sft_dir) as partial:  # a kill never leaves half a model
                 model.save_pretrained(partial)
                 tokenizer.save_pretrained(partial)
@@ -214,9 +222,10 @@ def _with_adapters(config: Config, model, console: Console):
     return model
 
 
-def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console, pool: Any = None) -> None:
+def _sft(config: Config, run_dir: Path, model, tokenizer, console: Console, pool: Any = None,
+         workers: Any = None) -> None:
     scfg = config.sft
-    make_env = env_factory(config, demonstrations=True, pool=pool)
+    make_env = env_factory(config, demonstrations=True, pool=pool, workers=workers)
     seeds = range(scfg.seed_offset, scfg.seed_offset + scfg.demos)
     with status(console, f"Writing {scfg.demos} oracle demonstrations"):
         demos = collect_demonstrations(make_env, seeds, tokenizer,
@@ -315,8 +324,8 @@ def run_sft_only(config: Config, *, console: Console | None = None) -> Path:
     (run_dir / "config.yaml").write_text(dump_config(config))
     make_env = env_factory(config)
     model, tokenizer = _policy(config, run_dir, make_env, console)
-    with recipe_sandbox_pool(config) as pool:
-        _sft(config, run_dir, model, tokenizer, console, pool)
+    with recipe_env_hosts(config) as (pool, workers):
+        _sft(config, run_dir, model, tokenizer, console, pool, workers)
     out = run_dir / "sft_model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -334,8 +343,8 @@ def run_eval_only(config: Config, model_path: Path, *, console: Console | None =
     model_path = Path(model_path)
     generator = _generator(config, model, tokenizer)
     try:
-        with recipe_sandbox_pool(config) as pool:
-            make_env = env_factory(config, evaluation=True, pool=pool)
+        with recipe_env_hosts(config) as (pool, workers):
+            make_env = env_factory(config, evaluation=True, pool=pool, workers=workers)
             return _evaluate_once(config, model_path, "held_out", generator, tokenizer, make_env, console,
                                   reuse=False)
     finally:
