@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -54,6 +55,15 @@ def _peft() -> Any:
     return peft
 
 
+@contextlib.contextmanager
+def _renamed_question_unwarned() -> Iterator[None]:
+    """peft asks transformers `is_gradient_checkpointing`, which transformers 5 renamed (same
+    answer); its deprecation warning says nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel / FSDP wrapper (`.module`), else `model`."""
     while isinstance(model, torch.nn.parallel.DistributedDataParallel) or (
@@ -78,6 +88,23 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
                    if isinstance(module, torch.nn.Linear) and name})
 
 
+def check_target_modules(model: torch.nn.Module, settings: LoraConfig) -> None:
+    """Raise a ConfigError, listing the linear layers there are, when a `target_modules` name
+    matches no module of `model`.
+
+    peft fails only when *no* name matches; a single misspelt name would silently train fewer
+    layers than the recipe asks for, so every name has to match.
+    """
+    if settings.target_modules == "all-linear":
+        return
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    missing = [target for target in settings.target_modules if target not in names]
+    if missing:
+        raise ConfigError(
+            f"model.lora.target_modules: {', '.join(missing)} name no module of {type(model).__name__}; "
+            f"its linear layers are {', '.join(linear_module_names(model))} (or use \"all-linear\")")
+
+
 def apply_lora(model: torch.nn.Module, settings: LoraConfig) -> torch.nn.Module:
     """Wrap `model` in a peft `PeftModel` with fresh LoRA adapters (`model.lora` of a recipe).
 
@@ -87,21 +114,12 @@ def apply_lora(model: torch.nn.Module, settings: LoraConfig) -> torch.nn.Module:
     module raises a ConfigError listing the names that exist.
     """
     peft = _peft()
-    targets: str | list[str] = settings.target_modules
-    if targets != "all-linear":
-        # peft fails only when *no* name matches; a single misspelt name would silently train
-        # fewer layers than the recipe asks for, so every name has to match.
-        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
-        missing = [target for target in targets if target not in names]
-        if missing:
-            raise ConfigError(
-                f"model.lora.target_modules: {', '.join(missing)} name no module of "
-                f"{type(model).__name__}; its linear layers are {', '.join(linear_module_names(model))} "
-                "(or use \"all-linear\")")
-        targets = list(targets)
+    check_target_modules(model, settings)
+    targets = settings.target_modules if settings.target_modules == "all-linear" else list(settings.target_modules)
     config = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                              target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    wrapped = peft.get_peft_model(model, config)
+    with _renamed_question_unwarned():
+        wrapped = peft.get_peft_model(model, config)
     wrapped.train(model.training)
     return wrapped
 
@@ -224,7 +242,8 @@ def merge_adapter(checkpoint: Path, out: Path, base: Path | None = None) -> Path
         raise FileNotFoundError(f"no base model at {base} (config.json is missing); pass the model the "
                                 "adapter was trained on")
     peft = _peft()
-    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), checkpoint)
+    with _renamed_question_unwarned():
+        model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), checkpoint)
     merged = model.merge_and_unload()
     out = Path(out)
     merged.save_pretrained(out)

@@ -191,6 +191,17 @@ def _written_whole(directory: Path) -> Iterator[Path]:
 
 
 def _policy(config: Config, run_dir: Path, make_env: Callable[[], Any], console: Console):
+    """The recipe's starting model and tokenizer (LoRA adapters, if any, come after SFT:
+    `_with_adapters`; their target modules are checked here, before any SFT runs)."""
+    model, tokenizer = _starting_model(config, run_dir, make_env, console)
+    if config.model.lora is not None:
+        from agentrl.models.lora import check_target_modules
+
+        check_target_modules(model, config.model.lora)
+    return model, tokenizer
+
+
+def _starting_model(config: Config, run_dir: Path, make_env: Callable[[], Any], console: Console):
     dtype, device = _DTYPES[config.model.dtype], config.model.device
     if config.model.path != "tiny":
         return load_model(config.model.path, dtype=dtype, device=device)
