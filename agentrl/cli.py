@@ -2,7 +2,8 @@
 
     agentrl train RECIPE [section.field=value ...] [--resume]
     agentrl sft RECIPE [overrides]          the SFT warm-up stage only
-    agentrl eval RECIPE --model PATH        held-out evaluation of a checkpoint
+    agentrl eval RECIPE --model PATH        held-out evaluation of a checkpoint (pass@k, Succ@k)
+    agentrl eval RECIPE generation=... --tokenizer DIR   the same, of an OpenAI-compatible server
     agentrl demo [--task search|arithmetic] [overrides]   an embedded demo (tiny model, SFT, GRPO, report)
     agentrl bench [NAME ...]                list the benchmarks or run them
     agentrl view RUN_DIR                    settings, results, curves and trajectories of a run
@@ -18,7 +19,6 @@ end with one line naming the cause and exit code 2, never with a traceback.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, NoReturn, Optional
@@ -124,16 +124,25 @@ def sft(
 
 @app.command("eval")
 def eval_command(
-    recipe: Path = typer.Argument(..., help="YAML recipe (env and eval sections are used)"),
-    model: Path = typer.Option(..., "--model", help="Hugging Face checkpoint directory"),
+    recipe: Path = typer.Argument(..., help="YAML recipe (its env, eval and generation sections are used)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="section.field=value overrides"),
+    model: Optional[Path] = typer.Option(None, "--model", help="checkpoint directory to sample from "
+                                         "(generation hf or vllm)"),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="the served model's tokenizer "
+                                             "directory (generation openai; default: --model)"),
+    report: Optional[Path] = typer.Option(None, "--report", help="report file (default: "
+                                          "MODEL/eval/held_out.json, else RUN_DIR/eval/held_out.json)"),
 ) -> None:
-    """Evaluate a checkpoint on held-out tasks (Succ@1, Succ@k, unique-answer ratio, turns)."""
+    """Evaluate a checkpoint or a server on held-out tasks: pass@k over eval.samples episodes
+    per task, Succ@1, Succ@k, unique-answer ratio, turns."""
+    from agentrl.eval.report import eval_table
     from agentrl.training.run import run_eval_only
 
     def go() -> None:
-        metrics = run_eval_only(_load(recipe, overrides or []), model, console=console)
-        console.print_json(json.dumps(metrics))
+        config = _load(recipe, overrides or [])
+        metrics, path = run_eval_only(config, model, tokenizer_path=tokenizer, report=report, console=console)
+        console.print(eval_table(metrics, config.eval.k))
+        console.print(f"Report: {path}", soft_wrap=True, highlight=False)
 
     _user_errors(go)
 
