@@ -18,10 +18,8 @@ from the newest checkpoint with the same task order and RNG state.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -33,7 +31,10 @@ from rich.console import Console
 from agentrl.config import Config, ConfigError, dump_config
 from agentrl.envs import make_env as make_registered_env
 from agentrl.envs.registry import import_env_module
-from agentrl.eval import evaluate
+from agentrl.eval.report import read_report, write_report
+from agentrl.eval.runner import evaluate_recipe
+from agentrl.eval.sources import eval_policy
+from agentrl.eval.sources import report_path as eval_report_path
 from agentrl.generation import Generator, close_generator, make_generator
 from agentrl.models import build_tiny_model, load_model, resolve_autocast
 from agentrl.rollout import collect_demonstrations
@@ -268,23 +269,17 @@ def _generator(config: Config, model, tokenizer) -> Generator:
 
 def _evaluate_once(config: Config, run_dir: Path, name: str, generator: Generator, tokenizer, make_env,
                    console: Console, reuse: bool = True) -> dict[str, Any]:
-    (run_dir / "eval").mkdir(exist_ok=True)
+    """Evaluate on the recipe's held-out tasks (eval section) into run_dir/eval/<name>.json;
+    with `reuse`, a report already there is read instead (a resumed run)."""
     path = run_dir / "eval" / f"{name}.json"
     if reuse and path.is_file():
-        return json.loads(path.read_text())["metrics"]
+        return read_report(path)["metrics"]
     ecfg = config.eval
-    seeds = range(ecfg.seed_offset, ecfg.seed_offset + ecfg.tasks)
-    with status(console, f"Evaluating on {ecfg.tasks} held-out tasks ({name})"):
-        started = time.perf_counter()
-        metrics, trajectories = evaluate(
-            generator, tokenizer, make_env, seeds, max_new_tokens=config.rollout.max_new_tokens,
-            temperature=ecfg.temperature, top_p=config.rollout.top_p,
-            max_turns=config.rollout.max_turns, max_total_tokens=config.rollout.max_total_tokens,
-            ks=(1, ecfg.k), sampling_seed=config.run.seed + 17,
-        )
-        metrics["seconds"] = time.perf_counter() - started
-    path.write_text(json.dumps({"metrics": metrics,
-                                "trajectories": [t.to_dict() for t in trajectories]}, indent=1))
+    samples = f" x {ecfg.samples} samples" if ecfg.samples > 1 else ""
+    with status(console, f"Evaluating on {ecfg.tasks} held-out tasks{samples} ({name})"):
+        metrics, trajectories = evaluate_recipe(config, generator, tokenizer, make_env)
+    write_report(path, metrics, trajectories, generation=config.generation.model_dump(mode="json"),
+                 model=config.model.path)
     return metrics
 
 
@@ -344,19 +339,31 @@ def run_sft_only(config: Config, *, console: Console | None = None) -> Path:
     return out
 
 
-def run_eval_only(config: Config, model_path: Path, *, console: Console | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint on the recipe's held-out tasks; the report goes next to the model."""
+def run_eval_only(config: Config, model_path: Path | None = None, *, tokenizer_path: Path | None = None,
+                  report: Path | None = None, console: Console | None = None) -> tuple[dict[str, Any], Path]:
+    """Evaluate the recipe's generator on its held-out tasks; returns (metrics, report path).
+
+    The generator samples from the checkpoint `model_path` (backends hf and vllm) or from the
+    server of `generation` (backend openai, with the tokenizer of `tokenizer_path` or
+    `model_path`: agentrl.eval.sources). The report goes to `report`, by default
+    <model_path>/eval/held_out.json (or <run.out_dir>/<run.name>/eval/held_out.json).
+    """
     console = console or Console()
     _prepare_process(config)
     env_factory(config, evaluation=True)  # an unknown env id fails here, before the model loads
     check_sandbox_settings(config)
-    model, tokenizer = load_model(model_path, dtype=_DTYPES[config.model.dtype], device=config.model.device)
-    model_path = Path(model_path)
-    generator = _generator(config, model, tokenizer)
+    model, tokenizer = eval_policy(config, model_path, tokenizer_path, dtype=_DTYPES[config.model.dtype])
+    path = Path(report) if report is not None else eval_report_path(config, model_path)
+    generator = _generator(config, model, tokenizer)  # a server is checked here, before any env starts
     try:
         with recipe_env_hosts(config) as (pool, workers):
             make_env = env_factory(config, evaluation=True, pool=pool, workers=workers)
-            return _evaluate_once(config, model_path, "held_out", generator, tokenizer, make_env, console,
-                                  reuse=False)
+            samples = f" x {config.eval.samples} samples" if config.eval.samples > 1 else ""
+            with status(console, f"Evaluating on {config.eval.tasks} held-out tasks{samples}"):
+                metrics, trajectories = evaluate_recipe(config, generator, tokenizer, make_env)
     finally:
         close_generator(generator)
+    source = model_path if model_path is not None else (None if model is None else config.model.path)
+    write_report(path, metrics, trajectories, generation=config.generation.model_dump(mode="json"),
+                 model=None if source is None else str(source))
+    return metrics, path
