@@ -194,10 +194,10 @@ class GradientSync:
             from torch.nn.parallel import DistributedDataParallel
 
             device = next(model.parameters()).device
-            # Building the wrapper copies rank 0's weights to every rank. Buffers (rotary
-            # tables) are equal everywhere and never trained: no need to broadcast them.
+            # Building the wrapper copies rank 0's weights (and buffers) to every rank. The
+            # buffers (rotary tables) are never trained: no need to send them again each pass.
             self._ddp = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+                model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
 
     def accumulating(self) -> ContextManager[Any]:
         """The block whose backward passes only accumulate locally."""

@@ -39,6 +39,7 @@ from agentrl.generation import Generator, close_generator, make_generator
 from agentrl.models import build_tiny_model, load_model, resolve_autocast
 from agentrl.rollout import collect_demonstrations
 from agentrl.training.corpus import env_corpus, has_oracle
+from agentrl.training.distributed import barrier, current_ranks, process_group
 from agentrl.training.heap import retain_freed_memory
 from agentrl.training.metrics import MetricsLogger, rewind_logs
 from agentrl.training.progress import progress as _progress
@@ -86,13 +87,21 @@ def env_factory(config: Config, *, evaluation: bool = False, demonstrations: boo
 
 def run_training(config: Config, *, resume: bool = False, console: Console | None = None,
                  evaluate_before: bool = True) -> dict[str, Any]:
-    """Run the recipe end to end; returns the before/after evaluation results."""
+    """Run the recipe end to end; returns the before/after evaluation results.
+
+    Under torchrun every rank runs this: the process group lives for the length of the run
+    (a world size that cannot share the groups is refused here, before anything runs), rank 0
+    prints and writes, the other ranks are quiet and return no results.
+    """
     console = console or Console()
-    _prepare_process(config)
-    _check_recipe(config)  # before anything is started or written
-    with recipe_env_hosts(config) as (pool, workers):  # a local sandbox pool, or Ray env workers
-        return _run_training(config, pool, resume=resume, console=console,
-                             evaluate_before=evaluate_before, workers=workers)
+    with process_group(config) as ranks:
+        if not ranks.is_main:
+            console = Console(quiet=True)
+        _prepare_process(config)
+        _check_recipe(config)  # before anything is started or written
+        with recipe_env_hosts(config) as (pool, workers):  # a local sandbox pool, or Ray env workers
+            return _run_training(config, pool, resume=resume, console=console,
+                                 evaluate_before=evaluate_before, workers=workers)
 
 
 def _check_recipe(config: Config) -> None:
@@ -132,9 +141,15 @@ def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
             f"run directory {run_dir} already holds checkpoints; pass --resume to continue it "
             "or choose another name with run.name=..."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "eval").mkdir(exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(config))
+    # Over several ranks, rank 0 builds the model, runs the SFT warm-up and the first evaluation
+    # while the others wait here; they then load what it saved (the stages find it on disk).
+    ranks = current_ranks()
+    if not ranks.is_main:
+        barrier()
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "eval").mkdir(exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
 
     model, tokenizer = _policy(config, run_dir, make_env, console)
     results: dict[str, dict[str, Any]] = {}
@@ -156,13 +171,17 @@ def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
     model = _with_adapters(config, model, console)
     generator = _generator(config, model, tokenizer)
     try:
-        if evaluate_before:
+        if evaluate_before and ranks.is_main:
             results["before RL"] = _evaluate_once(config, run_dir, "before_rl", generator, tokenizer,
                                                   make_eval_env, console)
+        if ranks.is_main:
+            barrier()  # the other ranks may load the model now
         trainer = RLTrainer(config, run_dir, model, tokenizer, make_env, generator=generator)
         if resume and trainer.resume():
             console.print(f"[bold]Resuming[/bold] RL from iteration {trainer.iteration}")
         _train_with_progress(trainer, console, make_eval_env)
+        if not ranks.is_main:
+            return {}  # rank 0 evaluates and reports
 
         results["after RL"] = _evaluate_once(config, run_dir, "after_rl", generator, tokenizer,
                                              make_eval_env, console, reuse=False)
@@ -297,7 +316,9 @@ def _train_with_progress(trainer: RLTrainer, console: Console, make_eval_env=Non
                 f"reward {metrics['reward/mean']:+.3f}  success {metrics['rollout/success_rate']:.2f}  "
                 f"{metrics['perf/tokens_per_s']:.0f} tok/s"))
             # The last iteration is evaluated after training anyway ("after RL").
-            if make_eval_env is not None and every and iteration % every == 0 and iteration < total:
+            # Over several ranks rank 0 evaluates; the others wait at their next collective.
+            if (make_eval_env is not None and every and iteration % every == 0 and iteration < total
+                    and trainer.ranks.is_main):
                 held_out = _evaluate_once(config, trainer.run_dir, f"iter_{iteration:04d}", trainer.generator,
                                           trainer.tokenizer, make_eval_env, console)
                 trainer.logger.log(iteration, {f"eval/{key}": value for key, value in held_out.items()
