@@ -289,3 +289,30 @@ def test_a_full_weight_checkpoint_does_not_resume_into_adapters(tmp_path, tiny_m
     model = apply_lora(plain, ALL_LINEAR)
     with pytest.raises(CheckpointMismatch, match="holds full model weights"):
         load_policy_weights(model, tmp_path / "full")
+
+
+def test_agentrl_train_with_lora_trains_adapters_on_the_sft_model_and_resumes(tmp_path, tiny_model_dir):
+    from rich.console import Console
+
+    from agentrl.training.run import run_training
+
+    config = load_config(None, [
+        f"run.out_dir={tmp_path}", "run.name=lora", f"model.path={tiny_model_dir}",
+        "model.lora={r: 4, target_modules: [q_proj, v_proj]}", "env.id=agentrl/Arithmetic-v0",
+        "sft.demos=8", "sft.epochs=1", "sft.batch_size=8", "eval.tasks=2", "rollout.tasks_per_iteration=2",
+        "rollout.group_size=2", "rollout.max_new_tokens=4", "train.iterations=2", "train.checkpoint_every=1",
+    ])
+    console = Console(record=True, width=200)
+    run_training(config, console=console)
+    run_dir = tmp_path / "lora"
+    assert "LoRA adapters:" in console.export_text()
+    # The SFT warm-up trained every weight (a full model); RL then trained adapters on it.
+    assert (run_dir / "sft_model" / "model.safetensors").is_file()
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint.name == "iter_000002" and (checkpoint / "adapter_model.safetensors").is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    assert json.loads((checkpoint / "adapter_config.json").read_text())["r"] == 4
+
+    console = Console(record=True, width=200)
+    run_training(config, resume=True, console=console)  # loads the SFT model, then the adapter
+    assert "Resuming RL from iteration 2" in console.export_text()
