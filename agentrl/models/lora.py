@@ -15,7 +15,8 @@ What the rest of agentrl needs from such a model lives here:
   adapters itself (far fewer bytes to send).
 - `load_adapter_weights`: restore a saved adapter into a live `PeftModel` (resume).
 - `adapters_disabled`: run the base model, e.g. as the KL reference, without a second copy.
-- `merge_adapter`: turn a checkpoint's adapter into a full model directory for serving
+- `load_adapter_checkpoint`: a checkpoint's adapter on its base model (evaluation);
+  `merge_adapter`: the same as one full model directory for serving
   (`python -m agentrl.models.lora merge CHECKPOINT OUT`).
 """
 
@@ -225,12 +226,11 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
         yield
 
 
-def merge_adapter(checkpoint: Path, out: Path, base: Path | None = None) -> Path:
-    """Write a full Hugging Face model (adapters merged) and tokenizer to `out`, for serving.
-
-    `checkpoint` holds an adapter (a LoRA run's checkpoint); `base` is the model it was trained
-    on (default: the base path recorded in its adapter_config.json).
-    """
+def load_adapter_checkpoint(checkpoint: Path, *, base: Path | None = None, dtype: torch.dtype = torch.float32,
+                            device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) of a directory holding an adapter (a LoRA run's checkpoint): the base
+    model with the adapter on it, in eval mode. `base` is the model the adapter was trained on
+    (default: the path recorded in its adapter_config.json)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint = Path(checkpoint)
@@ -243,12 +243,21 @@ def merge_adapter(checkpoint: Path, out: Path, base: Path | None = None) -> Path
                                 "adapter was trained on")
     peft = _peft()
     with _renamed_question_unwarned():
-        model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), checkpoint)
-    merged = model.merge_and_unload()
-    out = Path(out)
-    merged.save_pretrained(out)
+        model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), checkpoint)
     tokenizer_source = checkpoint if (checkpoint / "tokenizer_config.json").is_file() else base
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(out)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(tokenizer_source)
+
+
+def merge_adapter(checkpoint: Path, out: Path, base: Path | None = None) -> Path:
+    """Write a full Hugging Face model (adapters merged) and tokenizer to `out`, for serving.
+
+    `checkpoint` holds an adapter (a LoRA run's checkpoint); `base` is the model it was trained
+    on (default: the base path recorded in its adapter_config.json).
+    """
+    model, tokenizer = load_adapter_checkpoint(checkpoint, base=base)
+    out = Path(out)
+    model.merge_and_unload().save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 

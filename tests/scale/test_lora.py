@@ -26,7 +26,7 @@ from agentrl.models import (
     load_model,
     merge_adapter,
 )
-from agentrl.models.lora import adapters_disabled, trainable_parameters
+from agentrl.models.lora import adapters_disabled, load_adapter_checkpoint, trainable_parameters
 from agentrl.training import RLTrainer, latest_checkpoint, read_metrics
 from agentrl.training.checkpoint import CheckpointMismatch, load_policy_weights
 from agentrl.training.logprobs import token_logprobs
@@ -279,8 +279,11 @@ def test_a_lora_rl_run_trains_only_adapters_checkpoints_them_and_resumes_exactly
     ids = torch.randint(0, 300, (2, 10))
     at_checkpoint = _lora_trainer(tmp_path, tiny_model_dir, "check")
     load_policy_weights(at_checkpoint.model, checkpoint)
+    loaded, _ = load_adapter_checkpoint(checkpoint, base=tiny_model_dir)
     with torch.no_grad():
-        assert torch.allclose(served(input_ids=ids).logits, at_checkpoint.model(input_ids=ids).logits, atol=1e-5)
+        expected = at_checkpoint.model(input_ids=ids).logits
+        assert torch.allclose(served(input_ids=ids).logits, expected, atol=1e-5)
+        assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
 
 
 def test_a_full_weight_checkpoint_does_not_resume_into_adapters(tmp_path, tiny_model_dir):
