@@ -1,0 +1,187 @@
+"""Updates across ranks: two gloo processes take the step one process takes; `agentrl train` under
+torchrun writes its run directory once, resumes, and refuses a world size that cannot share the
+groups in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from agentrl.config import ConfigError, load_config
+from agentrl.models import load_model
+from agentrl.training import RLTrainer
+from agentrl.training.distributed import Ranks, check_world_size, global_positions
+from agentrl.types import Trajectory
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+#: Group sizes of the synthetic batch, and which rank holds each group: rank 0 holds 8
+#: trajectories (4 micro-batches of 2), rank 1 holds 3 (2 micro-batches), one of them with
+#: advantage 0 everywhere (skipped by the update).
+GROUP_SIZES = (3, 3, 2, 3)
+GROUP_RANK = (0, 1, 0, 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _config(tmp_path: Path, agg: str):
+    return load_config(None, [
+        f"run.out_dir={tmp_path}", "run.seed=5", f"algorithm.agg={agg}",
+        "train.micro_batch_size=2", "train.mini_batches=2", "train.ppo_epochs=2", "train.lr=1e-2",
+        "train.warmup_steps=0", "rollout.tasks_per_iteration=4",
+    ])
+
+
+def _batch(vocab: int) -> tuple[list[Trajectory], list]:
+    """Trajectories of 4 groups (a shared prompt per group, sampled tokens after it), with
+    behaviour log-probs off the policy's (ratios away from 1, some clipped) and per-token
+    advantages; the second trajectory of group 1 has advantage 0 everywhere."""
+    import numpy as np
+
+    rng = random.Random(11)
+    trajectories, advantages = [], []
+    for group_id, size in enumerate(GROUP_SIZES):
+        prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(4, 7))]
+        for k in range(size):
+            actions = [rng.randrange(3, vocab) for _ in range(rng.randint(2, 9))]
+            ids = prompt + actions
+            mask = [0] * len(prompt) + [1] * len(actions)
+            old = [0.0] * len(prompt) + [-rng.uniform(4.0, 7.0) for _ in actions]
+            zero = group_id == 1 and k == 1
+            adv = np.array([0.0] * len(prompt) + [0.0 if zero else rng.uniform(-1.5, 1.5) for _ in actions])
+            trajectories.append(Trajectory(token_ids=ids, loss_mask=mask, logprobs=old,
+                                           prompt_len=len(prompt), group_id=group_id))
+            advantages.append(adv)
+    return trajectories, advantages
+
+
+def _shard(rank: int, trajectories, advantages):
+    """Rank `rank`'s trajectories and their places in the whole batch."""
+    mine = [(g, n) for g, n in enumerate(GROUP_SIZES) if GROUP_RANK[g] == rank]
+    every = list(enumerate(GROUP_SIZES))
+    positions = global_positions(mine, every)
+    return [trajectories[p] for p in positions], [advantages[p] for p in positions], positions
+
+
+def _update(tmp_path: Path, model_dir: Path, agg: str, rank: int | None) -> torch.Tensor:
+    """The weights after one `_update` of the synthetic batch: all of it (rank None), or rank
+    `rank`'s share inside a process group."""
+    torch.manual_seed(0)
+    model, tokenizer = load_model(model_dir)
+    trainer = RLTrainer(_config(tmp_path, agg), tmp_path / f"run_{rank}", model, tokenizer, lambda: None)
+    trajectories, advantages = _batch(len(tokenizer))
+    if rank is None:
+        metrics = trainer._update(trajectories, advantages)
+    else:
+        trajs, advs, positions = _shard(rank, trajectories, advantages)
+        metrics = trainer._update(trajs, advs, positions, len(trajectories))
+    assert metrics["policy/optimizer_steps"] == 4.0
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), metrics
+
+
+def _rank_worker(rank: int, world_size: int, port: int, tmp_path: Path, model_dir: Path, agg: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        weights, metrics = _update(tmp_path, model_dir, agg, rank)
+        torch.save({"weights": weights, "metrics": metrics}, tmp_path / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_two_ranks_take_the_step_of_one_process(tmp_path, tiny_model_dir, agg):
+    single, single_metrics = _update(tmp_path, tiny_model_dir, agg, None)
+    mp.spawn(_rank_worker, args=(2, _free_port(), tmp_path, tiny_model_dir, agg), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    start, _ = load_model(tiny_model_dir)
+    before = torch.cat([p.detach().flatten() for p in start.parameters()])
+    assert not torch.allclose(single, before, atol=1e-4)  # the update moved the weights
+    assert torch.equal(ranks[0]["weights"], ranks[1]["weights"])  # ranks stay identical
+    # Equal up to float rounding (the ranks add their gradients in another order; Adam's
+    # normalisation magnifies rounding where a gradient is near 0). A missed denominator or a
+    # gradient halved by DDP's mean would move weights by ~lr (1e-2) and change the grad norm.
+    torch.testing.assert_close(ranks[0]["weights"], single, atol=2e-5, rtol=1e-4)
+    # The logged figures are those of the whole batch, on every rank.
+    for key in ("loss/policy", "policy/clipfrac", "policy/grad_norm", "perf/skipped_sequences"):
+        for rank in ranks:
+            assert rank["metrics"][key] == pytest.approx(single_metrics[key], rel=1e-4, abs=1e-6), key
+    assert single_metrics["perf/skipped_sequences"] == pytest.approx(1 / 11)
+
+
+def test_a_rank_takes_a_contiguous_block_of_the_tasks():
+    blocks = [list(Ranks(rank, 3).share(8)) for rank in range(3)]
+    assert blocks == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    # Trajectories of groups in id order, whichever rank holds them and in what order.
+    assert global_positions([(7, 2), (2, 1)], [(2, 1), (5, 3), (7, 2)]) == [4, 5, 0]
+
+
+def _torchrun(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.run([*TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()),
+                           "-m", "agentrl.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=timeout)
+
+
+def _train(tmp_path: Path, model_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run: {name: ranks}\nenv: {id: agentrl/Arithmetic-v0}\n")
+    return _torchrun(tmp_path, "train", str(recipe), f"run.out_dir={tmp_path}", f"model.path={model_dir}",
+                     "sft.demos=0", "eval.tasks=2", "rollout.tasks_per_iteration=4", "rollout.group_size=2",
+                     "rollout.max_new_tokens=4", "train.log_trajectories=2", *extra)
+
+
+def test_a_two_rank_run_writes_its_directory_once_and_resumes(tmp_path, tiny_model_dir):
+    first = _train(tmp_path, tiny_model_dir, "train.iterations=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "ranks"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_000000", "iter_000002"]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]  # one line per iteration, not one per rank
+    # The metrics are the whole iteration's: 4 tasks x 2 rollouts, over both ranks.
+    assert all(line["rollout/groups"] == 4 and line["rollout/trajectories"] == 8 for line in lines)
+    assert len(list((run / "tensorboard").iterdir())) == 1
+    logged = [json.loads(line) for line in (run / "trajectories.jsonl").read_text().splitlines()]
+    assert [t["iteration"] for t in logged] == [1, 1, 2, 2]
+    assert first.stdout.count("Run directory:") == 1  # rank 1 prints nothing
+
+    resumed = _train(tmp_path, tiny_model_dir, "train.iterations=3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming RL from iteration 2" in resumed.stdout
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    state = json.loads((run / "checkpoints" / "iter_000003" / "trainer_state.json").read_text())
+    assert state["next_task"] == 12  # every rank advanced the task counter by the global count
+
+
+def test_a_world_size_that_does_not_divide_the_groups_is_one_line(tmp_path, tiny_model_dir):
+    result = _train(tmp_path, tiny_model_dir, "rollout.tasks_per_iteration=3", "train.iterations=1")
+    assert result.returncode != 0
+    errors = {line for line in result.stderr.splitlines() if line.startswith("error:")}
+    assert len(errors) == 1, result.stderr[-3000:]  # the same one line from each rank
+    (line,) = errors
+    assert "rollout.tasks_per_iteration=3 does not divide among 2 ranks" in line
+    assert "multiple of 2" in line and "--nproc-per-node 1" in line
+    assert not (tmp_path / "ranks").exists()  # refused before anything was written
+
+
+def test_the_world_size_check_names_the_fix():
+    config = load_config(None, ["rollout.tasks_per_iteration=6"])
+    check_world_size(config, 3)
+    with pytest.raises(ConfigError, match="multiple of 4 or run torchrun --nproc-per-node 3"):
+        check_world_size(config, 4)
