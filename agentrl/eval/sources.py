@@ -1,7 +1,9 @@
 """What `agentrl eval` samples from, and what it loads for that.
 
 - `generation.backend` hf or vllm: a checkpoint directory (`--model DIR`, else a `model.path`
-  that is not "tiny"), whose weights are loaded here and handed to the generator.
+  that is not "tiny"), whose weights are loaded here and handed to the generator. A LoRA run's
+  checkpoint holds the adapter alone: it goes on the base model its adapter_config.json names
+  and is merged into it, so every backend samples one plain model.
 - `generation.backend` openai: a server samples, so no weights are loaded; the engine still
   renders prompts and reads completions as token ids, so it needs the served model's tokenizer
   from a local directory: `--tokenizer DIR`, else the `--model` directory.
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from transformers import AutoTokenizer
 
 from agentrl.config import Config, ConfigError
 from agentrl.models import load_model
+from agentrl.models.lora import ADAPTER_CONFIG, load_adapter_checkpoint
 
 #: The report file's name when none is given: <model>/eval/held_out.json, or
 #: <run.out_dir>/<run.name>/eval/held_out.json when no checkpoint is named.
@@ -41,10 +45,28 @@ def eval_policy(config: Config, model_dir: Path | None, tokenizer_dir: Path | No
             f"agentrl eval with generation.backend={config.generation.backend} samples from a checkpoint: "
             "pass --model DIR (a Hugging Face checkpoint directory), or evaluate a server with "
             "generation={backend: openai, base_url: URL, model: NAME} and --tokenizer DIR")
-    model, tokenizer = load_model(checkpoint, dtype=dtype, device=config.model.device)
+    if (Path(checkpoint) / ADAPTER_CONFIG).is_file():
+        model, tokenizer = adapted_model(Path(checkpoint), dtype=dtype, device=config.model.device)
+    else:
+        model, tokenizer = load_model(checkpoint, dtype=dtype, device=config.model.device)
     if tokenizer_dir is not None:
         tokenizer = load_tokenizer(tokenizer_dir)
     return model, tokenizer
+
+
+def adapted_model(checkpoint: Path, *, dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) of a checkpoint holding a LoRA adapter: the base model recorded in its
+    adapter_config.json with the adapter merged into the weights (the same outputs as base +
+    adapter, and a plain model that any generator takes). Raises FileNotFoundError, naming the
+    way out, when that base is no longer there (a moved or deleted run directory)."""
+    base = json.loads((checkpoint / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the LoRA adapter in {checkpoint} was trained on {base}, where no model is (config.json is "
+            f"missing); merge it into its base model and evaluate the result: python -m agentrl.models.lora "
+            f"merge {checkpoint} MERGED --base BASE_MODEL_DIR, then agentrl eval ... --model MERGED")
+    model, tokenizer = load_adapter_checkpoint(checkpoint, base=Path(base), dtype=dtype, device=device)
+    return model.merge_and_unload().eval(), tokenizer
 
 
 def load_tokenizer(directory: Path) -> Any:

@@ -106,13 +106,18 @@ def check_target_modules(model: torch.nn.Module, settings: LoraConfig) -> None:
             f"its linear layers are {', '.join(linear_module_names(model))} (or use \"all-linear\")")
 
 
-def apply_lora(model: torch.nn.Module, settings: LoraConfig) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, settings: LoraConfig, *, base: Path | None = None) -> torch.nn.Module:
     """Wrap `model` in a peft `PeftModel` with fresh LoRA adapters (`model.lora` of a recipe).
 
     Only the adapters require gradients afterwards; the base weights are frozen. The wrapped
     model computes exactly what `model` did until the adapters train (`B` starts at zero).
     Drawing the adapters' `A` uses torch's global RNG. A `target_modules` name that matches no
     module raises a ConfigError listing the names that exist.
+
+    `base` is the directory holding `model`'s current weights, which a saved adapter records
+    (`base_model_name_or_path`) so that evaluation and merging find it. By default it is the
+    directory `model` was loaded from; a model trained since (the SFT warm-up) must name the
+    directory it was saved to, or its adapters would later be put on the weights before training.
     """
     peft = _peft()
     check_target_modules(model, settings)
@@ -121,8 +126,19 @@ def apply_lora(model: torch.nn.Module, settings: LoraConfig) -> torch.nn.Module:
                              target_modules=targets, bias="none", task_type="CAUSAL_LM")
     with _renamed_question_unwarned():
         wrapped = peft.get_peft_model(model, config)
+    recorded = _absolute_directory(base if base is not None else getattr(model, "name_or_path", None))
+    if recorded is not None:  # (an absolute path: the base is found from any working directory)
+        wrapped.peft_config[wrapped.active_adapter].base_model_name_or_path = recorded
     wrapped.train(model.training)
     return wrapped
+
+
+def _absolute_directory(path: str | Path | None) -> str | None:
+    """`path` made absolute when it names a local directory, else `path` unchanged (a model
+    built in memory has none; a Hub id stays as it is)."""
+    if not path:
+        return None
+    return str(Path(path).resolve()) if Path(path).is_dir() else str(path)
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

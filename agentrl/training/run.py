@@ -168,7 +168,8 @@ def _run_training(config: Config, pool: Any, *, resume: bool, console: Console,
                 model.save_pretrained(partial)
                 tokenizer.save_pretrained(partial)
 
-    model = _with_adapters(config, model, console)
+    # With an SFT warm-up the adapters sit on sft_model, which their checkpoints must name.
+    model = _with_adapters(config, model, console, base=run_dir / "sft_model" if config.sft.demos > 0 else None)
     generator = _generator(config, model, tokenizer)
     try:
         if evaluate_before and ranks.is_main:
@@ -238,15 +239,16 @@ def _starting_model(config: Config, run_dir: Path, make_env: Callable[[], Any], 
     return load_model(init_dir, dtype=dtype, device=device)
 
 
-def _with_adapters(config: Config, model, console: Console):
+def _with_adapters(config: Config, model, console: Console, base: Path | None = None):
     """The policy RL trains: `model` itself, or with `model.lora` set, `model` wrapped in fresh
     LoRA adapters (agentrl.models.lora). The SFT warm-up, when there is one, has already
-    trained every weight: adapters start on the SFT model, which stays frozen under them."""
+    trained every weight: adapters start on the SFT model, which stays frozen under them.
+    `base`: the directory holding `model`'s weights, recorded in the adapter's checkpoints."""
     if config.model.lora is None:
         return model
     from agentrl.models.lora import apply_lora, trainable_parameters
 
-    model = apply_lora(model, config.model.lora)
+    model = apply_lora(model, config.model.lora, base=base)
     trainable, total = trainable_parameters(model)
     console.print(f"[dim]LoRA adapters: {trainable:,} of {total:,} parameters train "
                   f"({100 * trainable / total:.2f}%)[/dim]")

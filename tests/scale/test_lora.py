@@ -294,10 +294,12 @@ def test_a_full_weight_checkpoint_does_not_resume_into_adapters(tmp_path, tiny_m
         load_policy_weights(model, tmp_path / "full")
 
 
-def test_agentrl_train_with_lora_trains_adapters_on_the_sft_model_and_resumes(tmp_path, tiny_model_dir):
+def test_agentrl_train_with_lora_trains_adapters_on_the_sft_model_resumes_and_evaluates(tmp_path, tiny_model_dir):
     from rich.console import Console
 
-    from agentrl.training.run import run_training
+    from agentrl.eval.report import read_report
+    from agentrl.eval.sources import eval_policy
+    from agentrl.training.run import run_eval_only, run_training
 
     config = load_config(None, [
         f"run.out_dir={tmp_path}", "run.name=lora", f"model.path={tiny_model_dir}",
@@ -319,3 +321,36 @@ def test_agentrl_train_with_lora_trains_adapters_on_the_sft_model_and_resumes(tm
     console = Console(record=True, width=200)
     run_training(config, resume=True, console=console)  # loads the SFT model, then the adapter
     assert "Resuming RL from iteration 2" in console.export_text()
+
+    # The adapter records the SFT model as its base (not the model SFT started from), so
+    # `agentrl eval --model CHECKPOINT` samples from SFT model + adapter, merged.
+    recorded = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str((run_dir / "sft_model").resolve())
+    evaluated, _ = eval_policy(config, checkpoint, None, dtype=torch.float32)
+    assert not is_peft_model(evaluated)
+    expected, _ = load_model(run_dir / "sft_model")
+    expected = apply_lora(expected, config.model.lora)
+    load_policy_weights(expected, checkpoint)
+    ids = torch.randint(0, 300, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(evaluated(input_ids=ids).logits, expected(input_ids=ids).logits, atol=1e-5)
+    metrics, report = run_eval_only(config, checkpoint, console=Console(record=True, width=200))
+    assert report == checkpoint / "eval" / "held_out.json"
+    assert read_report(report)["model"] == str(checkpoint) and metrics["tasks"] == 2
+
+
+def test_evaluating_an_adapter_whose_base_is_gone_says_how_to_merge_it(tmp_path, tiny_model_dir):
+    from agentrl.eval.sources import eval_policy
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    model, tokenizer = load_model(base)
+    apply_lora(model, ALL_LINEAR).save_pretrained(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    shutil.rmtree(base)
+    config = load_config(None, ["env.id=agentrl/Arithmetic-v0"])
+    with pytest.raises(FileNotFoundError) as raised:
+        eval_policy(config, tmp_path / "adapter", None, dtype=torch.float32)
+    message = str(raised.value)
+    assert "\n" not in message and str(base) in message
+    assert f"python -m agentrl.models.lora merge {tmp_path / 'adapter'} MERGED --base" in message
