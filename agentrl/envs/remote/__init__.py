@@ -11,7 +11,7 @@ Importing this package imports Ray (`pip install 'agentrl[ray]'`). A recipe turn
 
 from agentrl.envs.remote.proxy import EnvWorkerLost, RemoteEnv
 from agentrl.envs.remote.worker import EnvWorker, Outcome, RemoteEnvError, SandboxSettings
-from agentrl.envs.remote.workers import EnvWorkerGroup, RemoteEnvFactory
+from agentrl.envs.remote.workers import EnvWorkerGroup, RemoteEnvFactory, WorkerStartTimeout
 
 __all__ = [
     "EnvWorker",
@@ -22,4 +22,5 @@ __all__ = [
     "RemoteEnvError",
     "RemoteEnvFactory",
     "SandboxSettings",
+    "WorkerStartTimeout",
 ]

@@ -11,6 +11,10 @@ sandbox pool for the envs it hosts. A new env goes to the worker holding the few
 (a fork stays on its parent's worker, which holds the parent's sandbox state). When a call
 finds its worker dead, the proxy raises `EnvWorkerLost` and the group starts a new worker in
 the same slot: envs made afterwards go to live workers only.
+
+Nothing here waits without a limit on a worker that never comes up: a worker Ray cannot place
+(the cluster lacks the CPUs it asks for) or whose start hangs (a sandbox backend that never
+answers) is an error after `start_timeout` seconds, naming the resources it asked for.
 """
 
 from __future__ import annotations
@@ -21,12 +25,20 @@ import threading
 from typing import Any, Iterable
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 
-from agentrl.envs.remote.proxy import LIFECYCLE, EnvWorkerLost, RemoteEnv, worker_outcome
+from agentrl.envs.remote.proxy import LIFECYCLE, EnvWorkerLost, RemoteEnv, worker_lost, worker_outcome
 from agentrl.envs.remote.worker import EnvWorker, SandboxSettings
 
 #: Env calls one worker runs at once (threads of the actor): envs wait on sandboxes and tools.
 DEFAULT_MAX_CONCURRENCY = 64
+#: Seconds a worker may take to be placed and to start (its sandbox pool included): docker
+#: containers of a large pool can take a minute to start; a worker Ray cannot place never does.
+DEFAULT_START_TIMEOUT = 300.0
+
+
+class WorkerStartTimeout(RuntimeError):
+    """An env worker was not placed or did not start in time."""
 
 
 class EnvWorkerGroup:
@@ -38,16 +50,20 @@ class EnvWorkerGroup:
         sandbox: the sandbox pool each worker starts (None: none).
         imports: modules that register the user's envs (`env.imports`).
         max_concurrency: env calls one worker runs at once.
+        start_timeout: seconds a worker may take to be placed by Ray and started.
 
     Raises the exception of a worker that could not start (a module that does not import,
-    a sandbox backend that is missing) after stopping the others.
+    a sandbox backend that is missing), or `WorkerStartTimeout`, after stopping the others.
     """
 
     def __init__(self, workers: int, *, num_cpus_per_worker: float = 1.0,
                  sandbox: SandboxSettings | None = None, imports: Iterable[str] = (),
-                 max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> None:
+                 max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+                 start_timeout: float = DEFAULT_START_TIMEOUT) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        self._num_cpus = num_cpus_per_worker
+        self._start_timeout = start_timeout
         self._actor_class = ray.remote(
             # Closing an env returns its sandbox to the pool; on its own threads, a close is
             # never queued behind resets that wait for that very sandbox.
@@ -66,8 +82,15 @@ class EnvWorkerGroup:
         self.replaced = 0  # workers started in place of dead ones
         self._actors: list[Any] = [self._new_actor() for _ in range(workers)]
         self._open: list[int] = [0] * workers  # open envs per worker, as counted here
+        # Each worker's `start()` call, until its outcome has been checked: a replacement is
+        # checked by the first `make_env` that picks its slot.
+        self._starting: dict[int, Any] = {slot: actor.start.remote() for slot, actor in enumerate(self._actors)}
+        #: where each worker runs (pid, host, pool_size), filled in as workers start
+        self.info: list[dict[str, Any]] = [{} for _ in range(workers)]
         try:
-            self.info = [self._started(actor) for actor in self._actors]
+            for slot in range(workers):
+                self.info[slot] = self._started(slot, self._starting[slot])
+                del self._starting[slot]
         except BaseException:
             self.close()
             raise
@@ -85,7 +108,10 @@ class EnvWorkerGroup:
                 slot = min(range(len(self._actors)), key=lambda i: self._open[i])
                 actor = self._actors[slot]
                 self._open[slot] += 1
+                starting = self._starting.get(slot)
             try:
+                if starting is not None:  # a replacement: its pool and imports come first
+                    self._check_replacement(slot, actor, starting)
                 outcome = worker_outcome(self, slot, actor, actor.create.remote(env_id, kwargs))
             except EnvWorkerLost:
                 if attempt == len(self._actors) + 1:
@@ -124,8 +150,13 @@ class EnvWorkerGroup:
         with self._lock:
             if self._closed or self._actors[slot] is not dead:
                 return
-            self._actors[slot] = self._new_actor()
+            fresh = self._new_actor()
+            self._actors[slot] = fresh
             self._open[slot] = 0
+            self.info[slot] = {}
+            # Started now (imports, sandbox pool) while the rollout goes on; the first env
+            # made on it waits for the start and checks it.
+            self._starting[slot] = fresh.start.remote()
             self.replaced += 1
         try:
             ray.kill(dead, no_restart=True)
@@ -151,8 +182,13 @@ class EnvWorkerGroup:
                 return
             self._closed = True
             actors = list(self._actors)
+            starting = dict(self._starting)
         pending = []
-        for actor in actors:
+        for slot, actor in enumerate(actors):
+            # A worker still waiting to be placed, or stuck in its start, holds no envs: it is
+            # killed without waiting for a shutdown it would never run.
+            if slot in starting and not ray.wait([starting[slot]], timeout=0)[0]:
+                continue
             try:
                 pending.append(actor.shutdown.options(concurrency_group=LIFECYCLE).remote())
             except Exception:  # noqa: BLE001 - a dead actor has nothing to close
@@ -177,11 +213,33 @@ class EnvWorkerGroup:
     def _new_actor(self) -> Any:
         return self._actor_class.remote(*self._init_args)
 
-    def _started(self, actor: Any) -> dict[str, Any]:
-        outcome = ray.get(actor.start.remote())
+    def _started(self, slot: int, ref: Any) -> dict[str, Any]:
+        """The outcome of worker `slot`'s `start()` call, waited for at most `start_timeout`."""
+        try:
+            outcome = ray.get(ref, timeout=self._start_timeout)
+        except GetTimeoutError:
+            available = ray.available_resources().get("CPU", 0.0)
+            total = ray.cluster_resources().get("CPU", 0.0)
+            raise WorkerStartTimeout(
+                f"env worker {slot} did not start within {self._start_timeout:g} s: Ray could not place it "
+                f"(each worker asks for {self._num_cpus:g} CPUs; {available:g} of the cluster's {total:g} "
+                "are free) or its start hangs (its sandbox pool); lower ray.workers or "
+                "ray.num_cpus_per_worker, or give Ray more CPUs") from None
         if outcome.error is not None:
             raise outcome.error
         return outcome.value
+
+    def _check_replacement(self, slot: int, actor: Any, ref: Any) -> None:
+        """Wait for the start of the replacement `actor` in `slot` (once); a replacement that
+        died meanwhile raises `EnvWorkerLost` like any call on it."""
+        try:
+            info = self._started(slot, ref)
+        except RayActorError as exc:
+            raise worker_lost(self, slot, actor, exc) from None
+        with self._lock:
+            if self._actors[slot] is actor and self._starting.get(slot) is ref:
+                del self._starting[slot]
+                self.info[slot] = info
 
 
 class RemoteEnvFactory:
