@@ -206,6 +206,9 @@ class OpenAIGenerationConfig(_Section):
     weight_sync: Literal["none", "vllm"] = "none"
     #: compare the server's tokenizer with the trainer's before the first rollout
     check_tokenizer: bool = True
+    #: weight_sync=vllm: where a sync writes the weights file the server loads (a directory the
+    #: server can read; default: a temporary directory, for a server on this host)
+    sync_dir: str | None = None
 
 
 #: One settings model per generation backend, told apart by `backend`.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -106,3 +109,35 @@ def test_unknown_backends_and_fields_name_themselves():
         load_config(None, ["generation.backend=openai", "generation.model=m"])
     with pytest.raises(ConfigError, match=r"generation.kv_cache: unknown field \(allowed: backend, max_model_len"):
         load_config(None, ["generation.backend=vllm", "generation.kv_cache=2"])
+
+
+def test_a_server_without_dev_mode_cannot_take_weights_and_says_how_to_start_it(tmp_path):
+    """generation.weight_sync=vllm against a loopback HTTP server that answers /v1/models but
+    has no /collective_rpc (a vLLM server started without VLLM_SERVER_DEV_MODE=1)."""
+
+    class Models(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": "policy"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        config = load_config(None, ["generation.backend=openai", f"generation.base_url=http://127.0.0.1:{httpd.server_port}/v1",
+                                    "generation.model=policy", "generation.weight_sync=vllm",
+                                    "generation.check_tokenizer=false"])
+        with pytest.raises(ServerUnavailable, match="no /collective_rpc; start it with VLLM_SERVER_DEV_MODE=1"):
+            make_generator(config.generation, None, None, max_batch_size=4, max_model_len=256)
+    finally:
+        httpd.shutdown()
