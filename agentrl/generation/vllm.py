@@ -29,13 +29,15 @@ from typing import Any
 
 import torch
 
-from agentrl.config import VLLMGenerationConfig
+from agentrl.config import ConfigError, VLLMGenerationConfig
 from agentrl.generation.seeding import row_seeds
 from agentrl.generation.vllm_worker import EXTENSION, LOAD_METHOD, write_weights_file
 from agentrl.types import Completion, FinishReason, SamplingParams
 
 #: at most this many top log-probs per position can be asked for (vLLM's `max_logprobs`)
 MAX_TOP_LOGPROBS = 64
+#: the adapter ranks vLLM's LoRA support is built for (`max_lora_rank`)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class VLLMGenerator:
@@ -49,12 +51,18 @@ class VLLMGenerator:
     #: fills `Completion.top_logprobs` from vLLM's per-position top log-probs
     returns_top_logprobs = True
 
-    def __init__(self, llm: Any, tokenizer: Any, *, model_dir: str | None = None) -> None:
+    def __init__(self, llm: Any, tokenizer: Any, *, model_dir: str | None = None,
+                 adapter_sync: bool = False) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
         self.vocab_size = len(tokenizer)
         # The temporary checkpoint vLLM was started from (removed on close), if we made it.
         self._model_dir = model_dir
+        # generation.lora_sync=adapter: the engine holds the frozen base weights and samples with
+        # the newest adapter, a `LoRARequest` under a new id after every sync.
+        self.adapter_sync = adapter_sync
+        self._lora: Any = None
+        self._adapter_version = 0
 
     @classmethod
     def from_config(
@@ -67,14 +75,27 @@ class VLLMGenerator:
         max_model_len: int,
         autocast: torch.dtype | None = None,
     ) -> VLLMGenerator:
-        """Start an engine on `model`'s current weights (a DDP/FSDP wrapper or a peft LoRA
-        model is unwrapped and its adapters merged)."""
+        """Start an engine on `model`'s current weights (a DDP/FSDP wrapper is unwrapped; a peft
+        LoRA model's adapters are merged, or, with `settings.lora_sync="adapter"`, handed to
+        vLLM's LoRA support on the base weights)."""
         from vllm import LLM
 
+        from agentrl.models.lora import is_peft_model, unwrap_model
+
         _check_head_size(model)
+        adapter_sync = settings.lora_sync == "adapter"
+        lora_settings: dict[str, Any] = {}
+        if adapter_sync:
+            peft_model = unwrap_model(model)
+            if not is_peft_model(peft_model):
+                raise ConfigError("generation.lora_sync=adapter sends LoRA adapters, but this model has none; "
+                                  "set model.lora (docs/scale.md, section 5) or generation.lora_sync=merged")
+            rank = max(c.r for c in peft_model.peft_config.values())
+            lora_settings = {"enable_lora": True, "max_loras": 1,
+                             "max_lora_rank": min(r for r in VLLM_LORA_RANKS if r >= rank)}
         model_dir = tempfile.mkdtemp(prefix="agentrl-vllm-")
         try:
-            hf_model = _save_for_vllm(model, tokenizer, model_dir)
+            hf_model = _save_for_vllm(model, tokenizer, model_dir, merge=not adapter_sync)
             dtype = autocast or next(hf_model.parameters()).dtype
             llm = LLM(
                 model=model_dir,
@@ -92,11 +113,15 @@ class VLLMGenerator:
                 # ("CPU Generator does not use offset"); prompts here are short anyway.
                 enable_chunked_prefill=False,
                 seed=0,
+                **lora_settings,
             )
         except BaseException:
             shutil.rmtree(model_dir, ignore_errors=True)
             raise
-        return cls(llm, tokenizer, model_dir=model_dir)
+        generator = cls(llm, tokenizer, model_dir=model_dir, adapter_sync=adapter_sync)
+        if adapter_sync:
+            generator.sync_weights(model)
+        return generator
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
@@ -120,17 +145,36 @@ class VLLMGenerator:
             for seed in per_row
         ]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], requests,
-                                    use_tqdm=False)
+                                    use_tqdm=False, lora_request=self._lora)
         return [self._completion(output.outputs[0], params.top_logprobs) for output in outputs]
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Load `model`'s current weights into the engine (LoRA adapters merged) and drop the
-        prefix cache computed with the old ones."""
+        prefix cache computed with the old ones. With adapter sync, only the adapter travels."""
         assert self._model_dir is not None, "sync_weights needs the directory from_config made"
+        if self.adapter_sync:
+            self._load_adapter(model)
+            return
         path, count = write_weights_file(model, self._model_dir)
         loaded = self.llm.collective_rpc(LOAD_METHOD, kwargs={"path": path})
         if any(n != count for n in loaded):
             raise RuntimeError(f"vLLM loaded {loaded} tensors of {count}: a partial weight update")
+        self.llm.reset_prefix_cache()
+
+    def _load_adapter(self, model: torch.nn.Module) -> None:
+        """Save the adapter under a new version; vLLM loads it at the next request that names it
+        (a new id: vLLM caches adapters by id). The previous version's files are removed."""
+        from vllm.lora.request import LoRARequest
+
+        from agentrl.models.lora import unwrap_model
+
+        assert self._model_dir is not None
+        self._adapter_version += 1
+        path = os.path.join(self._model_dir, f"adapter-{self._adapter_version}")
+        unwrap_model(model).save_pretrained(path)
+        if self._lora is not None:
+            shutil.rmtree(self._lora.lora_path, ignore_errors=True)
+        self._lora = LoRARequest(f"policy-{self._adapter_version}", self._adapter_version, path)
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -184,15 +228,21 @@ def _inference_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return inference_state_dict(model)
 
 
-def _save_for_vllm(model: torch.nn.Module, tokenizer: Any, directory: str) -> torch.nn.Module:
-    """Write `model` (unwrapped, adapters merged) and `tokenizer` to `directory` in Hugging Face
-    format; returns the plain transformers model whose config was written."""
-    from agentrl.models.lora import is_peft_model, unwrap_model
+def _save_for_vllm(model: torch.nn.Module, tokenizer: Any, directory: str, *, merge: bool = True) -> torch.nn.Module:
+    """Write `model` (unwrapped; adapters merged, or left out with `merge=False`) and `tokenizer`
+    to `directory` in Hugging Face format; returns the plain transformers model whose config was
+    written."""
+    from agentrl.models.lora import adapters_disabled, is_peft_model, unwrap_model
 
     hf_model = unwrap_model(model)
     if is_peft_model(hf_model):
         hf_model = hf_model.get_base_model()
-    hf_model.save_pretrained(directory, state_dict=_inference_state_dict(model))
+    if merge:
+        weights = _inference_state_dict(model)
+    else:
+        with adapters_disabled(model):  # the base weights alone
+            weights = _inference_state_dict(model)
+    hf_model.save_pretrained(directory, state_dict=weights)
     tokenizer.save_pretrained(directory)
     # vLLM reads generation_config.json for extra EOS ids; save_pretrained wrote it when known.
     if not os.path.exists(os.path.join(directory, "config.json")):

@@ -163,3 +163,28 @@ def test_an_rl_run_on_vllm_keeps_the_engine_on_the_trainers_weights(tmp_path, vl
         assert max_error(before, prompts, completions, 1.0) > 100 * TOLERANCE
     finally:
         close_generator(trainer.generator)
+
+
+@pytest.mark.parametrize("lora_sync", ["merged", "adapter"])
+def test_a_lora_policy_syncs_merged_weights_or_the_adapter_alone(vllm_model_dir, prompts, lora_sync):
+    """The adapter starts as a no-op (B = 0); after B changes, the engine samples the adapted
+    model once synced, whether it got merged weights or the adapter through vLLM's LoRA support."""
+    from agentrl.config import LoraConfig
+    from agentrl.generation.vllm import VLLMGenerator
+    from agentrl.models.lora import apply_lora
+
+    model, tokenizer = load_model(vllm_model_dir)
+    model = apply_lora(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"])).eval()
+    settings = VLLMGenerationConfig(kv_cache_gb=0.25, lora_sync=lora_sync)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    with VLLMGenerator.from_config(settings, model, tokenizer, max_batch_size=8, max_model_len=256) as engine:
+        assert max_error(model, prompts, engine.generate(prompts, params, seeds=[1, 2, 3]), 1.0) < TOLERANCE
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(1)
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+        stale = engine.generate(prompts, params, seeds=[1, 2, 3])
+        assert max_error(model, prompts, stale, 1.0) > 100 * TOLERANCE, "the comparison cannot tell"
+        engine.sync_weights(model)
+        assert max_error(model, prompts, engine.generate(prompts, params, seeds=[1, 2, 3]), 1.0) < TOLERANCE
