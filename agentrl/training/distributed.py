@@ -83,8 +83,9 @@ def current_ranks() -> Ranks:
 
 
 def check_world_size(config: Config, world_size: int) -> None:
-    """Refuse a world size that cannot share the iteration's groups evenly, and FSDP where it
-    cannot run. Raised before anything is built, so the run fails before its first rollout."""
+    """Refuse a world size that cannot share the iteration's groups evenly, and FSDP (which the
+    update cannot run yet). Raised before anything is built, so the run fails before its first
+    rollout."""
     if world_size <= 1:
         return
     tasks = config.rollout.tasks_per_iteration
@@ -94,11 +95,18 @@ def check_world_size(config: Config, world_size: int) -> None:
             f"rollout.tasks_per_iteration={tasks} does not divide among {world_size} ranks (each rank rolls "
             f"out whole groups); set rollout.tasks_per_iteration to a multiple of {world_size} or run "
             f"torchrun --nproc-per-node {fits}")
-    if config.train.parallel == "fsdp" and config.generation.backend == "hf":
-        raise ConfigError(
-            "train.parallel=fsdp shards the very weights the hf generator samples from, and ranks sample "
-            "different numbers of tokens, so their parameter gathers would never pair up; use "
-            "train.parallel=ddp with generation.backend=hf (docs/scale.md, section 3)")
+    if config.train.parallel == "fsdp":
+        # FSDP gathers each layer's shards in every forward, so every rank must run the same
+        # forwards in the same order. The update lets ranks run different numbers of
+        # micro-batches (each backpropagates its own groups, and skips uninformative ones), and
+        # the hf generator samples different numbers of tokens per rank from those very weights:
+        # the gathers would never pair up. Refused rather than silently run as DDP.
+        why = ("it would shard the very weights the hf generator samples from, and ranks sample different "
+               "numbers of tokens" if config.generation.backend == "hf" else
+               "the update lets ranks run different numbers of micro-batches, which FSDP's per-forward "
+               "parameter gathers cannot pair up, so agentrl does not run it yet")
+        raise ConfigError(f"train.parallel=fsdp cannot run here: {why}; use train.parallel=ddp, which keeps a "
+                          "whole copy of the policy on every rank (docs/scale.md, section 3)")
 
 
 @contextmanager

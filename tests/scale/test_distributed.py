@@ -185,3 +185,11 @@ def test_the_world_size_check_names_the_fix():
     check_world_size(config, 3)
     with pytest.raises(ConfigError, match="multiple of 4 or run torchrun --nproc-per-node 3"):
         check_world_size(config, 4)
+
+
+def test_fsdp_is_refused_in_one_line_rather_than_run_as_ddp():
+    for backend in ("hf", "vllm"):
+        config = load_config(None, ["train.parallel=fsdp", f"generation.backend={backend}"])
+        check_world_size(config, 1)  # one process ignores train.parallel
+        with pytest.raises(ConfigError, match="train.parallel=fsdp cannot run here: .*use train.parallel=ddp"):
+            check_world_size(config, 2)
