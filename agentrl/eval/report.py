@@ -51,8 +51,8 @@ def eval_table(metrics: dict[str, Any], k: int, title: str = "Held-out evaluatio
     table.add_column("what it is")
     for key in pass_keys(metrics):
         shown = metrics.get(f"{key}_tasks", tasks)
-        table.add_row(key, _number(metrics[key]), f"{key[5:]} samples of a task include a solved one "
-                      f"(unbiased, mean over {shown} tasks)")
+        drawn = "a sample of a task is solved" if key == "pass@1" else f"{key[5:]} samples of a task include a solved one"
+        table.add_row(key, _number(metrics[key]), f"{drawn} (unbiased, mean over {shown} tasks)")
     for key, title_, meaning in TABLE_ROWS:
         name = f"succ@{k}" if key == "succ@k" else key
         if name in metrics:
