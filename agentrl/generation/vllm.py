@@ -93,6 +93,10 @@ class VLLMGenerator:
             rank = max(c.r for c in peft_model.peft_config.values())
             lora_settings = {"enable_lora": True, "max_loras": 1,
                              "max_lora_rank": min(r for r in VLLM_LORA_RANKS if r >= rank)}
+        # vLLM forks its engine and worker processes by default on a CPU; a forked worker inherits
+        # every module this process imported, and vLLM's start-up scan of them trips over some
+        # (llvmlite's wrappers, imported by the tool stack). Spawned processes start clean.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         model_dir = tempfile.mkdtemp(prefix="agentrl-vllm-")
         try:
             hf_model = _save_for_vllm(model, tokenizer, model_dir, merge=not adapter_sync)

@@ -15,28 +15,32 @@ import json
 import mmap
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from agentrl.tools.corpus import Document, Hit, load_corpus_jsonl
 
-try:
+if TYPE_CHECKING:
     import bm25s
-except ImportError:  # pragma: no cover - depends on the installation
-    bm25s = None
 
 _DOCS = "documents.jsonl"
 _OFFSETS = "documents.offsets.npy"
 
 
-def _require_bm25s() -> None:
-    if bm25s is None:
-        raise ImportError("BM25 search needs bm25s: pip install 'agentrl[tools]' (or pip install bm25s)")
+def _bm25s() -> Any:
+    """bm25s, imported on first use: it imports numba when numba is installed, which a process
+    that never searches should not pay for (and vLLM's start-up scan of imported modules trips
+    over numba's llvmlite wrappers)."""
+    try:
+        import bm25s
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ImportError("BM25 search needs bm25s: pip install 'agentrl[tools]' (or pip install bm25s)") from None
+    return bm25s
 
 
 def _tokenize(texts: Sequence[str]) -> list[list[str]]:
-    return bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
+    return _bm25s().tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
 
 
 class _DocumentStore:
@@ -74,10 +78,9 @@ class BM25Index:
     @classmethod
     def build(cls, documents: Sequence[Document]) -> "BM25Index":
         """Index `documents` in memory (seconds for 100k passages)."""
-        _require_bm25s()
         if not documents:
             raise ValueError("cannot build a BM25 index over an empty corpus")
-        model = bm25s.BM25()
+        model = _bm25s().BM25()
         model.index(_tokenize([f"{d.title} {d.text}" for d in documents]), show_progress=False)
         return cls(model, list(documents))
 
@@ -104,14 +107,13 @@ class BM25Index:
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "BM25Index":
         """Open an index saved with `save`; with `mmap` the matrices and documents stay on disk."""
-        _require_bm25s()
         directory = Path(directory)
         if not (directory / _DOCS).exists():
             raise FileNotFoundError(
                 f"no BM25 index in {directory}: build one with BM25Index.build(docs).save(dir) "
                 "or `agentrl serve-retriever --corpus corpus.jsonl --index DIR`"
             )
-        model = bm25s.BM25.load(str(directory), mmap=mmap, show_progress=False)
+        model = _bm25s().BM25.load(str(directory), mmap=mmap, show_progress=False)
         offsets = np.load(directory / _OFFSETS, mmap_mode="r" if mmap else None)
         return cls(model, _DocumentStore(directory / _DOCS, np.asarray(offsets)))
 
