@@ -216,6 +216,39 @@ def test_two_fsdp_ranks_take_the_step_of_one_process(tmp_path, tiny_model_dir, a
         torch.testing.assert_close(rank["resumed_moments"], rank["moments"])
 
 
+def _fsdp_loop_worker(rank: int, world_size: int, port: int, tmp_path: Path, model_dir: Path) -> None:
+    """Rank `rank` of a 2-iteration FSDP training loop that samples from its own synced copy."""
+    from tests.foundation.test_training import Lowercase, _config as loop_config
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        config = loop_config(tmp_path, "loop", **{"train.parallel": "fsdp", "train.iterations": 2, "train.lr": 1e-2,
+                                                  "rollout.group_size": 4, "train.micro_batch_size": 2})
+        torch.manual_seed(rank)  # the ranks sample different rollouts
+        model, tokenizer = load_model(model_dir)
+        generator = GatheringCopy(model, tokenizer)
+        RLTrainer(config, tmp_path / "loop", model, tokenizer, Lowercase, generator=generator).train()
+        weights = torch.cat([p.detach().flatten() for p in generator.model.parameters()])
+        torch.save({"syncs": generator.syncs, "weights": weights}, tmp_path / f"loop_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_fsdp_training_loop_syncs_its_generators_and_checkpoints_whole_weights(tmp_path, tiny_model_dir):
+    mp.spawn(_fsdp_loop_worker, args=(2, _free_port(), tmp_path, tiny_model_dir), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"loop_rank{r}.pt") for r in range(2)]
+    assert [rank["syncs"] for rank in ranks] == [2, 2]  # once after each iteration's update
+    assert torch.equal(ranks[0]["weights"], ranks[1]["weights"])
+    start, _ = load_model(tiny_model_dir)
+    assert not torch.allclose(ranks[0]["weights"], torch.cat([p.detach().flatten() for p in start.parameters()]))
+    run = tmp_path / "loop"
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    saved, _ = load_model(run / "checkpoints" / "iter_000002")
+    assert torch.equal(torch.cat([p.detach().flatten() for p in saved.parameters()]), ranks[0]["weights"])
+
+
 def test_a_rank_takes_a_contiguous_block_of_the_tasks():
     blocks = [list(Ranks(rank, 3).share(8)) for rank in range(3)]
     assert blocks == [[0, 1, 2], [3, 4, 5], [6, 7]]
