@@ -2,14 +2,16 @@
 
 `torchrun --nproc-per-node N -m agentrl.cli train recipe.yaml` starts N copies of the trainer and
 tells each its place through the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT). Every rank holds the whole policy, rolls out its share of the iteration's groups and
-backpropagates through its own trajectories; the gradients are then summed over the ranks once per
-optimizer step, so every rank takes the same step and the weights stay identical everywhere.
+MASTER_PORT). Every rank rolls out its share of the iteration's groups and backpropagates through
+its own trajectories; the gradients are then summed over the ranks, so every rank takes the same
+step. `train.parallel` says how (`make_gradient_sync`): "ddp" keeps the whole policy on every
+rank and sums the gradients once per optimizer step (`GradientSync`); "fsdp" shards weights,
+gradients and optimizer state over the ranks and sums in every backward (`ShardedGradientSync`).
 
 Why sharding whole groups is exact: advantages are computed within a group (GRPO, GiGPO, ...), and
 the loss of a mini-batch is a sum over its trajectories divided by one denominator (its action
 tokens or its sequences). With the denominator summed over the ranks (`all_reduce_sum`) and the
-per-rank gradients summed (`GradientSync`), the step equals the one a single process takes on the
+per-rank gradients summed, the step equals the one a single process takes on the
 same trajectories, up to float rounding.
 
 The backend is gloo on CPU and NCCL when the policy lives on a GPU. One process (no torchrun, or

@@ -104,7 +104,8 @@ class RLTrainer:
         # share of the groups; rank 0 alone writes the run directory.
         self.ranks = current_ranks()
         check_world_size(config, self.ranks.world_size,
-                         generator_holds_weights=None if generator is None else hasattr(generator, "sync_weights"))
+                         generator_holds_weights=None if generator is None
+                         else getattr(generator, "sync_weights", None) is not None)
 
         device = next(model.parameters()).device
         self.autocast = resolve_autocast(config.model.autocast, device)
