@@ -151,15 +151,17 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def inference_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The plain Hugging Face state dict of `model`, with LoRA adapters merged into the weights.
 
-    For a model without adapters this is its `state_dict()` (a DDP/FSDP wrapper's `.module`
-    prefix removed). For a `PeftModel` the keys are those of the base model before wrapping
+    For a model without adapters this is its `state_dict()` (a DDP wrapper's `.module` prefix
+    removed; a model FSDP shards gathers its whole tensors: every rank must call this then). For a `PeftModel` the keys are those of the base model before wrapping
     (`...q_proj.weight`, no `base_layer`, no `lora_` entries) and each adapted weight is
     `W + scale * B @ A` as a new tensor: the model itself, adapters included, is left as it is,
     so training goes on unchanged after a weight sync.
     """
     model = unwrap_model(model)
     if not is_peft_model(model):
-        return model.state_dict()
+        from agentrl.models.sharding import full_model_state
+
+        return full_model_state(model)
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()

@@ -43,6 +43,13 @@ from agentrl.models.lora import (
     load_adapter_weights,
     unwrap_model,
 )
+from agentrl.models.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_model_state,
+    load_full_optimizer_state,
+)
 from agentrl.training.durable import fsync_path
 
 _PREFIX = "iter_"
@@ -51,24 +58,38 @@ _TRASH = ".trash-"    # a checkpoint being deleted
 MANIFEST = "manifest.json"
 
 
+def gather_sharded_state(model: Any, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
+    """Under FSDP (`train.parallel: fsdp`): the whole model and optimizer states, gathered from
+    every rank's shards, for `save_checkpoint(..., sharded_state=...)`. A collective: every
+    rank calls it, rank 0 writes. None for a model that is not sharded (nothing to gather)."""
+    if not is_sharded(model):
+        return None
+    return full_model_state(model), full_optimizer_state(model, optimizer)
+
+
 def save_checkpoint(
     run_dir: Path, iteration: int, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer,
     scheduler: Any, state: dict[str, Any], keep: int = 2,
+    sharded_state: tuple[dict, dict] | None = None,
 ) -> Path:
     """Save the state *before* `iteration` runs (so resuming runs `iteration` next).
 
     `state` is the loop's own state (JSON), e.g. the task counter and the logs' lengths. The
-    newest `keep` checkpoints are kept.
+    newest `keep` checkpoints are kept. `sharded_state`: what `gather_sharded_state` gathered
+    from a sharded model, written in place of the shards this rank holds.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
     final = checkpoint_dir(run_dir, iteration)
     tmp = root / f"{_TEMPORARY}{final.name}"
-    # A PeftModel saves its adapter only; a DDP/FSDP wrapper saves the model it holds.
-    unwrap_model(model).save_pretrained(tmp)
+    # A PeftModel saves its adapter only; a DDP wrapper saves the model it holds. A sharded
+    # model saves the whole weights gathered for it, and its optimizer state is keyed by
+    # parameter name (the form in which FSDP gathers and loads it).
+    model_state, optimizer_state = sharded_state or (None, optimizer.state_dict())
+    unwrap_model(model).save_pretrained(tmp, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                 "rng": _rng_state()}, tmp / "trainer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"iteration": iteration, **state}, indent=2))
     _write_manifest(tmp)
@@ -110,7 +131,7 @@ def load_policy_weights(model: torch.nn.Module, path: Path) -> None:
         raise CheckpointMismatch(f"{path} holds a LoRA adapter but the recipe trains full weights: resume it "
                                  "with the model.lora settings it was trained with")
     weights = AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype)
-    model.load_state_dict(weights.state_dict())
+    load_full_model_state(model, weights.state_dict())  # (a sharded model keeps its slices)
 
 
 def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
@@ -152,10 +173,21 @@ def _is_complete_without_manifest(path: Path) -> bool:
     return {"config.json", "trainer.pt", "trainer_state.json"} <= names and bool(weights & names)
 
 
-def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore optimizer, schedule and RNG from a checkpoint; return its loop state."""
+def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any,
+                       model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Restore optimizer, schedule and RNG from a checkpoint; return its loop state.
+
+    `model`: the optimizer's model, needed for a state keyed by parameter name (saved by a
+    sharded run) and for loading into a sharded model."""
     saved = torch.load(Path(path) / "trainer.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    by_name = any(isinstance(key, str) for key in saved["optimizer"].get("state", {}))
+    if model is not None and (by_name or is_sharded(model)):
+        if not by_name:
+            raise CheckpointMismatch(f"{path} was saved by a train.parallel=ddp run, whose optimizer state "
+                                     "FSDP cannot load; resume it with train.parallel=ddp")
+        load_full_optimizer_state(model, optimizer, saved["optimizer"])
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     _set_rng_state(saved["rng"])
     return json.loads((Path(path) / "trainer_state.json").read_text())

@@ -49,6 +49,7 @@ from agentrl.rollout import RolloutEngine, make_strategy
 from agentrl.training.batch import collate, family_micro_batches, micro_batches
 from agentrl.training.checkpoint import (
     checkpoint_dir,
+    gather_sharded_state,
     is_complete,
     latest_checkpoint,
     load_policy_weights,
@@ -57,13 +58,13 @@ from agentrl.training.checkpoint import (
 )
 from agentrl.generation.seeding import derive_seed
 from agentrl.training.distributed import (
-    GradientSync,
     all_gather_objects,
     all_reduce_sum,
     check_world_size,
     current_ranks,
     gather_objects,
     global_positions,
+    make_gradient_sync,
 )
 from agentrl.training.logprobs import token_logprobs
 from agentrl.training.metrics import DiscardingLogger, MetricsLogger, log_lengths
@@ -102,7 +103,9 @@ class RLTrainer:
         # Under torchrun: this rank's place (one process: rank 0 of 1). Every rank rolls out its
         # share of the groups; rank 0 alone writes the run directory.
         self.ranks = current_ranks()
-        check_world_size(config, self.ranks.world_size)
+        check_world_size(config, self.ranks.world_size,
+                         generator_holds_weights=None if generator is None
+                         else getattr(generator, "sync_weights", None) is not None)
 
         device = next(model.parameters()).device
         self.autocast = resolve_autocast(config.model.autocast, device)
@@ -118,18 +121,20 @@ class RLTrainer:
                                     env_workers=rcfg.env_workers,
                                     check_template=rcfg.check_template)
         self.strategy = make_strategy(rcfg.strategy, group_size=rcfg.group_size, vocab_size=len(tokenizer))
-        self.optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tuple(tcfg.betas))
-        total_steps = tcfg.iterations * tcfg.ppo_epochs * tcfg.mini_batches
-        self.scheduler = warmup_cosine(self.optimizer, tcfg.warmup_steps, total_steps, tcfg.min_lr_ratio)
         # A frozen copy of the starting policy, only when a KL term needs it. With LoRA adapters
         # (which start at zero) the starting policy is the base model: the policy itself with
-        # its adapters disabled (`_loss`), so no second copy of the weights is kept.
+        # its adapters disabled (`_loss`), so no second copy of the weights is kept. Copied
+        # before FSDP shards the policy: the copy stays whole and runs no collectives.
         self.ref_model = None
         if cfg.algorithm.kl_coef > 0:
             self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
         self.logger = MetricsLogger(self.run_dir) if self.ranks.is_main else DiscardingLogger()
-        # Sums the ranks' gradients once per optimizer step (one process: nothing to do).
-        self.gradient_sync = GradientSync(model, self.ranks)
+        # Sums the ranks' gradients (one process: nothing to do). Under FSDP it shards the
+        # policy's parameters, so the optimizer comes after it, over the shards.
+        self.gradient_sync = make_gradient_sync(model, self.ranks, tcfg.parallel)
+        self.optimizer = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tuple(tcfg.betas))
+        total_steps = tcfg.iterations * tcfg.ppo_epochs * tcfg.mini_batches
+        self.scheduler = warmup_cosine(self.optimizer, tcfg.warmup_steps, total_steps, tcfg.min_lr_ratio)
         self.iteration = 0
         self.next_task = 0  # task counter: iteration i's seeds follow from it deterministically
         self._iteration_first_task = 0
@@ -146,7 +151,7 @@ class RLTrainer:
             return False
         load_policy_weights(self.model, path)
         sync_weights(self.generator, self.model)  # a generator with its own copy samples them too
-        state = load_trainer_state(path, self.optimizer, self.scheduler)
+        state = load_trainer_state(path, self.optimizer, self.scheduler, self.model)
         self.iteration = int(state["iteration"])
         self.next_task = int(state["next_task"])
         if "log_lengths" in state:  # (checkpoints of earlier versions did not record them)
@@ -156,13 +161,15 @@ class RLTrainer:
     def save(self, logs: dict[str, int] | None = None) -> Path:
         """Checkpoint the state before iteration `self.iteration` runs. `logs`: the log lengths
         that belong to that state (default: the logs as they are now). Over several ranks only
-        rank 0 writes it (the ranks' states are equal); the others return its path."""
+        rank 0 writes it (the ranks' states are equal); the others return its path. Under FSDP
+        every rank first takes part in gathering the whole state from the shards."""
+        sharded_state = gather_sharded_state(self.model, self.optimizer)
         if not self.ranks.is_main:
             return checkpoint_dir(self.run_dir, self.iteration)
         logs = log_lengths(self.run_dir) if logs is None else logs
         return save_checkpoint(self.run_dir, self.iteration, self.model, self.tokenizer, self.optimizer,
                                self.scheduler, {"next_task": self.next_task, "log_lengths": logs},
-                               keep=self.config.train.keep_checkpoints)
+                               keep=self.config.train.keep_checkpoints, sharded_state=sharded_state)
 
     def train(self) -> None:
         """Run the remaining iterations. Ctrl-C leaves a checkpoint to resume from, and so does a
@@ -191,8 +198,9 @@ class RLTrainer:
             # checkpoint taken at the time also has the RNG state of the time). Between
             # iterations (an evaluation, a save) that state is the state now; within one, only
             # while the weights are those the iteration started from (else the newest
-            # checkpoint on disk is where the run resumes).
-            if not is_complete(checkpoint_dir(self.run_dir, self.iteration)):
+            # checkpoint on disk is where the run resumes). Under FSDP saving gathers from every
+            # rank, which an interrupted rank cannot count on: the newest checkpoint it is.
+            if not (self.gradient_sync.shards_weights or is_complete(checkpoint_dir(self.run_dir, self.iteration))):
                 if logs_before_iteration is None:
                     self.save()
                 elif not (self._updating or self.scheduler.last_epoch != steps_before_iteration):
@@ -406,13 +414,12 @@ class RLTrainer:
                 denominator, used_denominator = self._denominator([trajs[i] for i in mini],
                                                                   [trajs[i] for i in used])
                 self.optimizer.zero_grad(set_to_none=True)
+                batches = self._collated(trajs, advantages, used, lengths, device)
                 with self.gradient_sync.accumulating():
-                    for micro in self._micro_batches(trajs, used, lengths):
-                        batch = collate([trajs[i] for i in micro], [advantages[i] for i in micro],
-                                        self.tokenizer.pad_token_id, device)
-                        share = self._share(batch)
-                        if share == 0:
-                            continue
+                    # FSDP: first passes that add nothing, until this rank runs as many as the
+                    # busiest rank (every pass gathers the same shards). DDP: nothing to do.
+                    self.gradient_sync.match_passes(len(batches))
+                    for micro, batch, share in batches:
                         plan = self._prefix_plan([trajs[i] for i in micro])
                         shared_tokens += plan.saved_tokens if plan else 0
                         forwarded_tokens += plan.forwarded_tokens if plan else int(batch.attention_mask.sum())
@@ -423,11 +430,12 @@ class RLTrainer:
                         for key, value in parts.items():  # diagnostics: mean over the used sequences
                             totals[key] += value * share / used_denominator
                 self.gradient_sync.synchronise()  # every rank, whatever it backpropagated
+                # (Under FSDP the gradients are shards: the norm is still that of the whole.)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
                 steps += 1
-                grad_norms += float(grad_norm)
+                grad_norms += float(_whole(grad_norm))
         self.model.eval()
         # The diagnostics are each rank's part of a mean over every rank's sequences: they add up.
         counts = (sum(forward), len(forward), shared_tokens, forwarded_tokens)
@@ -446,6 +454,18 @@ class RLTrainer:
         metrics["perf/update_tokens_forwarded"] = float(forwarded_tokens)
         return metrics
 
+    def _collated(self, trajs: list[Trajectory], advantages: list[np.ndarray], used: list[int],
+                  lengths: list[int], device: torch.device) -> list[tuple[list[int], Any, float]]:
+        """The micro-batches of `used` that carry a loss: (indices, tensors, share) each."""
+        batches = []
+        for micro in self._micro_batches(trajs, used, lengths):
+            batch = collate([trajs[i] for i in micro], [advantages[i] for i in micro],
+                            self.tokenizer.pad_token_id, device)
+            share = self._share(batch)
+            if share > 0:
+                batches.append((micro, batch, share))
+        return batches
+
     def _micro_batches(self, trajs: list[Trajectory], used: list[int], lengths: list[int]) -> list[list[int]]:
         size = self.config.train.micro_batch_size
         if not self.config.train.shared_prefix:
@@ -454,7 +474,7 @@ class RLTrainer:
 
     def _prefix_plan(self, trajs: list[Trajectory]) -> PrefixPlan | None:
         """Which sequences of a micro-batch share a prompt (a group's), when sharing is on."""
-        if not self.config.train.shared_prefix:
+        if not (self.config.train.shared_prefix and self.gradient_sync.allows_shared_prefix):
             return None
         return plan_shared_prefixes([t.token_ids for t in trajs], [t.group_id for t in trajs])
 
@@ -533,6 +553,11 @@ def _trainable(group: Group) -> list[Trajectory]:
     """The group's trajectories that say something about the policy: all but those the
     infrastructure ended."""
     return [t for t in group.trajectories if not t.infra_error]
+
+
+def _whole(value: torch.Tensor) -> torch.Tensor:
+    """A tensor made whole: the grad norm of DTensor (FSDP) gradients is a DTensor."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def _mean_of_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:

@@ -1,6 +1,6 @@
-"""Updates across ranks: two gloo processes take the step one process takes; `agentrl train` under
-torchrun writes its run directory once, resumes, and refuses a world size that cannot share the
-groups in one line."""
+"""Updates across ranks: two gloo processes take the step one process takes (DDP, and FSDP with
+its gathered weight sync and checkpoint); `agentrl train` under torchrun writes its run directory
+once, resumes, and refuses a world size that cannot share the groups in one line."""
 
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from agentrl.config import ConfigError, load_config
-from agentrl.models import load_model
+from agentrl.generation import sync_weights
+from agentrl.models import inference_state_dict, load_model
+from agentrl.models.sharding import full_optimizer_state
 from agentrl.training import RLTrainer
 from agentrl.training.distributed import Ranks, check_world_size, global_positions
 from agentrl.types import Trajectory
+from tests.scale.test_generation_backends import OwnCopyGenerator
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -38,8 +41,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _config(tmp_path: Path, agg: str):
-    return load_config(None, [
+class GatheringCopy(OwnCopyGenerator):
+    """A sampler over its own copy of the policy that syncs as the vLLM backend does: through
+    `inference_state_dict`, which gathers the whole weights of a sharded policy."""
+
+    def sync_weights(self, model: torch.nn.Module) -> None:  # noqa: D102 - the protocol's method
+        self.model.load_state_dict(inference_state_dict(model))
+        self.syncs += 1
+
+
+def _config(tmp_path: Path, agg: str, parallel: str = "ddp"):
+    return load_config(None, [f"train.parallel={parallel}",
         f"run.out_dir={tmp_path}", "run.seed=5", f"algorithm.agg={agg}",
         "train.micro_batch_size=2", "train.mini_batches=2", "train.ppo_epochs=2", "train.lr=1e-2",
         "train.warmup_steps=0", "rollout.tasks_per_iteration=4",
@@ -83,6 +95,13 @@ def _update(tmp_path: Path, model_dir: Path, agg: str, rank: int | None) -> torc
     torch.manual_seed(0)
     model, tokenizer = load_model(model_dir)
     trainer = RLTrainer(_config(tmp_path, agg), tmp_path / f"run_{rank}", model, tokenizer, lambda: None)
+    return _update_batch(trainer, tokenizer, rank)
+
+
+def _update_batch(trainer: RLTrainer, tokenizer, rank: int | None) -> tuple[torch.Tensor, dict]:
+    """`trainer`'s weights and metrics after one `_update` of the synthetic batch (or of rank
+    `rank`'s share of it)."""
+    model = trainer.model
     trajectories, advantages = _batch(len(tokenizer))
     if rank is None:
         metrics = trainer._update(trajectories, advantages)
@@ -122,6 +141,112 @@ def test_two_ranks_take_the_step_of_one_process(tmp_path, tiny_model_dir, agg):
         for rank in ranks:
             assert rank["metrics"][key] == pytest.approx(single_metrics[key], rel=1e-4, abs=1e-6), key
     assert single_metrics["perf/skipped_sequences"] == pytest.approx(1 / 11)
+
+
+def _moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """Adam's moments of every parameter, whole (gathered from the shards), in name order."""
+    state = full_optimizer_state(model, optimizer)["state"]
+    return torch.cat([state[name][moment].flatten() for name in sorted(state)
+                      for moment in ("exp_avg", "exp_avg_sq")])
+
+
+def _fsdp_worker(rank: int, world_size: int, port: int, tmp_path: Path, model_dir: Path, agg: str) -> None:
+    """Rank `rank` of an FSDP run: the update of its share, the generator's weight sync, a
+    checkpoint, and a second trainer that resumes from it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        config = _config(tmp_path, agg, parallel="fsdp")
+        torch.manual_seed(0)
+        model, tokenizer = load_model(model_dir)
+        generator = GatheringCopy(model, tokenizer)
+        trainer = RLTrainer(config, tmp_path / "fsdp_run", model, tokenizer, lambda: None, generator=generator)
+        shards = sum(p.to_local().numel() for p in model.parameters())  # (DTensors: this rank's slices)
+        _, metrics = _update_batch(trainer, tokenizer, rank)
+        sync_weights(generator, model)  # gathers the whole weights on every rank
+        synced = torch.cat([p.detach().flatten() for p in generator.model.parameters()])
+        trainer.iteration = 1
+        path = trainer.save()  # every rank gathers, rank 0 writes
+        moments = _moments(model, trainer.optimizer)
+
+        # A second run of the same recipe resumes from that checkpoint on both ranks.
+        fresh, _ = load_model(model_dir)
+        resumed = RLTrainer(config, tmp_path / "fsdp_run", fresh, tokenizer, lambda: None,
+                            generator=GatheringCopy(fresh, tokenizer))
+        assert resumed.resume() and resumed.iteration == 1
+        torch.save({"weights": synced, "metrics": metrics, "path": path, "shards": shards,
+                    "resumed_generator": torch.cat([p.detach().flatten()
+                                                    for p in resumed.generator.model.parameters()]),
+                    "moments": moments, "resumed_moments": _moments(fresh, resumed.optimizer)},
+                   tmp_path / f"fsdp_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_two_fsdp_ranks_take_the_step_of_one_process(tmp_path, tiny_model_dir, agg):
+    """Sharded weights, gradients and optimizer state; rank 0 runs 4 micro-batches per
+    mini-batch and rank 1 two, so rank 1 pads with passes that add nothing."""
+    single, single_metrics = _update(tmp_path, tiny_model_dir, agg, None)
+    mp.spawn(_fsdp_worker, args=(2, _free_port(), tmp_path, tiny_model_dir, agg), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"fsdp_rank{r}.pt", weights_only=False) for r in range(2)]
+    start, _ = load_model(tiny_model_dir)
+    total = sum(p.numel() for p in start.parameters())
+    assert all(rank["shards"] < total for rank in ranks)  # each rank held a slice, not the whole
+    assert sum(rank["shards"] for rank in ranks) >= total
+    # The generator of every rank got the whole updated weights, those of one process up to
+    # float rounding: each pass's gradient is reduced on its own, in another order than one
+    # process adds them, and Adam magnifies that where a gradient is near 0 (a handful of the
+    # 93k weights differ by up to ~1e-4, while a step moves them by ~lr, 1e-2). A wrong
+    # denominator or loss scale would also change the grad norm checked below.
+    assert torch.equal(ranks[0]["weights"], ranks[1]["weights"])
+    torch.testing.assert_close(ranks[0]["weights"], single, atol=3e-4, rtol=1e-4)
+    assert ((ranks[0]["weights"] - single).abs() > 2e-5).float().mean() < 1e-3
+    for key in ("loss/policy", "policy/clipfrac", "policy/grad_norm", "perf/skipped_sequences"):
+        for rank in ranks:
+            assert rank["metrics"][key] == pytest.approx(single_metrics[key], rel=1e-4, abs=1e-6), key
+    # Rank 0 wrote the whole weights in Hugging Face format, loadable without FSDP.
+    saved, _ = load_model(ranks[0]["path"])
+    torch.testing.assert_close(torch.cat([p.detach().flatten() for p in saved.parameters()]), ranks[0]["weights"])
+    # Resuming restores the weights (into the shards and the generator) and Adam's moments.
+    for rank in ranks:
+        torch.testing.assert_close(rank["resumed_generator"], rank["weights"])
+        assert rank["moments"].abs().sum() > 0
+        torch.testing.assert_close(rank["resumed_moments"], rank["moments"])
+
+
+def _fsdp_loop_worker(rank: int, world_size: int, port: int, tmp_path: Path, model_dir: Path) -> None:
+    """Rank `rank` of a 2-iteration FSDP training loop that samples from its own synced copy."""
+    from tests.foundation.test_training import Lowercase, _config as loop_config
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        config = loop_config(tmp_path, "loop", **{"train.parallel": "fsdp", "train.iterations": 2, "train.lr": 1e-2,
+                                                  "rollout.group_size": 4, "train.micro_batch_size": 2})
+        torch.manual_seed(rank)  # the ranks sample different rollouts
+        model, tokenizer = load_model(model_dir)
+        generator = GatheringCopy(model, tokenizer)
+        RLTrainer(config, tmp_path / "loop", model, tokenizer, Lowercase, generator=generator).train()
+        weights = torch.cat([p.detach().flatten() for p in generator.model.parameters()])
+        torch.save({"syncs": generator.syncs, "weights": weights}, tmp_path / f"loop_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_fsdp_training_loop_syncs_its_generators_and_checkpoints_whole_weights(tmp_path, tiny_model_dir):
+    mp.spawn(_fsdp_loop_worker, args=(2, _free_port(), tmp_path, tiny_model_dir), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"loop_rank{r}.pt") for r in range(2)]
+    assert [rank["syncs"] for rank in ranks] == [2, 2]  # once after each iteration's update
+    assert torch.equal(ranks[0]["weights"], ranks[1]["weights"])
+    start, _ = load_model(tiny_model_dir)
+    assert not torch.allclose(ranks[0]["weights"], torch.cat([p.detach().flatten() for p in start.parameters()]))
+    run = tmp_path / "loop"
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    saved, _ = load_model(run / "checkpoints" / "iter_000002")
+    assert torch.equal(torch.cat([p.detach().flatten() for p in saved.parameters()]), ranks[0]["weights"])
 
 
 def test_a_rank_takes_a_contiguous_block_of_the_tasks():
@@ -187,9 +312,19 @@ def test_the_world_size_check_names_the_fix():
         check_world_size(config, 4)
 
 
-def test_fsdp_is_refused_in_one_line_rather_than_run_as_ddp():
-    for backend in ("hf", "vllm"):
-        config = load_config(None, ["train.parallel=fsdp", f"generation.backend={backend}"])
-        check_world_size(config, 1)  # one process ignores train.parallel
-        with pytest.raises(ConfigError, match="train.parallel=fsdp cannot run here: .*use train.parallel=ddp"):
-            check_world_size(config, 2)
+def test_fsdp_with_the_hf_generator_is_refused_in_one_line_rather_than_run_as_ddp():
+    config = load_config(None, ["train.parallel=fsdp", "generation.backend=hf"])
+    check_world_size(config, 1)  # one process ignores train.parallel
+    with pytest.raises(ConfigError) as refused:
+        check_world_size(config, 2)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("train.parallel=fsdp cannot run here: the hf generator samples from the very "
+                              "weights FSDP shards")
+    assert "use generation.backend=vllm" in message and "use train.parallel=ddp" in message
+    # A generator with its own copy of the weights (vLLM, or one handed to the trainer) may.
+    check_world_size(config, 2, generator_holds_weights=True)
+    check_world_size(load_config(None, ["train.parallel=fsdp", "generation.backend=vllm"]), 2)
+    lora = load_config(None, ["train.parallel=fsdp", "generation.backend=vllm", "model.lora.r=4"])
+    with pytest.raises(ConfigError, match="LoRA adapters .* use train.parallel=ddp"):
+        check_world_size(lora, 2)
