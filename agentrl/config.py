@@ -350,7 +350,8 @@ class TrainConfig(_Section):
     #: loaded with, also used for sampling). On a CPU, "eager" runs short sequences faster.
     attention: Literal["model", "eager", "sdpa"] = "model"
     #: Under torchrun (several ranks): "ddp" replicates the model on every rank, "fsdp" shards
-    #: parameters, gradients and optimizer state (docs/scale.md). One process ignores it.
+    #: parameters, gradients and optimizer state; fsdp needs a generator with its own weights
+    #: (vllm, or openai with weight_sync) (docs/scale.md, section 3). One process ignores it.
     parallel: Literal["ddp", "fsdp"] = "ddp"
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
