@@ -6,8 +6,8 @@
 
 Both sides train one tiny Qwen2 model (agentrl.models.build_tiny_model, given TRL's Qwen2.5
 chat template so TRL can parse its tool calls, then a short SFT warm-up on oracle
-demonstrations so that it calls the tool and answers in the expected format), saved to one
-directory both load. Each workload is 16 prompts x 8 generations per step:
+demonstrations, each turn ending with EOS, so that it calls the tool, answers in the expected
+format and ends its turns where both sides stop), saved to one directory both load. Each workload is 16 prompts x 8 generations per step:
 
 - `arithmetic`: single turn, "What is 3 + 5?" answered as <answer>8</answer>, 16 new tokens;
 - `tool_sum`: "What is 3 + 5 + 7?" solved by calling the `add` tool twice, one call per turn,
@@ -152,7 +152,8 @@ def build_model(folder: Path, trl_python: Path, sft_demos: int, threads: int) ->
                    check=True)
     model, tokenizer = load_model(model_dir)
     demos = [d for make_env in ENVS.values()
-             for d in collect_demonstrations(make_env, range(1_000_000, 1_000_000 + sft_demos), tokenizer)]
+             for d in collect_demonstrations(_ending_with_eos(make_env), range(1_000_000, 1_000_000 + sft_demos),
+                                             tokenizer)]
     started = time.perf_counter()
     history = sft_train(model, tokenizer, demos, epochs=2, batch_size=32, lr=1e-3, warmup_steps=20, seed=0)
     print(f"SFT warm-up: {len(demos)} demos, {len(history)} steps, final loss "
@@ -160,6 +161,18 @@ def build_model(folder: Path, trl_python: Path, sft_demos: int, threads: int) ->
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     return model_dir
+
+
+def _ending_with_eos(make_env):
+    """The env for demonstrations without its stop strings, so that every demonstrated turn ends
+    with the EOS token (<|im_end|>) as a chat model's turns do. TRL's generation stops only at
+    EOS; agentrl stops at the env's stop strings (one token earlier). Without this the model
+    never learns to end a turn and TRL would generate to its limit: work agentrl never does."""
+    def make():
+        env = make_env()
+        env.stop_strings = ()
+        return env
+    return make
 
 
 # --- the two sides -----------------------------------------------------------------------------
