@@ -15,9 +15,10 @@ table keeps medians. Tokens/s counts generated tokens (rows that sample EOS stop
 sides alike). Then `VLLMGenerator.sync_weights` is timed after perturbing the weights: the
 seconds a training run adds per update (`perf/weight_sync_s`).
 
-vLLM's CPU build runs its linear layers through `F.linear` here (agentrl's worker extension
-keeps their weights updatable; agentrl/generation/vllm_worker.py says why), not its prepacked
-oneDNN kernels.
+vLLM's CPU build runs its linear layers through `F.linear` in agentrl's engine (the worker
+extension keeps their weights updatable; agentrl/generation/vllm_worker.py says why), not its
+prepacked GEMM kernels; a third arm, "stock vLLM", runs vLLM as it comes (weights that cannot be
+updated) to show what that costs.
 """
 
 from __future__ import annotations
@@ -68,12 +69,14 @@ def measure(name: str, shape: dict, folder: Path, args: argparse.Namespace) -> d
     vllm = VLLMGenerator.from_config(VLLMGenerationConfig(kv_cache_gb=1.0), model, tokenizer,
                                      max_batch_size=args.batch, max_model_len=max_len)
     startup = time.perf_counter() - started
-    runs: dict[str, list[dict]] = {"hf": [], "vllm": []}
+    stock = VLLMGenerator(_stock_engine(vllm._model_dir, args.batch, max_len), tokenizer)
+    sides = (("hf", hf), ("vllm", vllm), ("vllm_stock", stock))
+    runs: dict[str, list[dict]] = {side: [] for side, _ in sides}
     try:
-        for generator in (hf, vllm):  # warm-up, not timed
+        for _, generator in sides:  # warm-up, not timed
             generator.generate(prompts[:4], SamplingParams(temperature=1.0, max_new_tokens=8), seeds=seeds[:4])
         for _ in range(args.repeats):
-            for side, generator in (("hf", hf), ("vllm", vllm)):
+            for side, generator in sides:
                 load = os.getloadavg()[0]
                 started = time.perf_counter()
                 completions = generator.generate(prompts, params, seeds=seeds)
@@ -91,21 +94,35 @@ def measure(name: str, shape: dict, folder: Path, args: argparse.Namespace) -> d
             if step:  # the first sync pays one-time costs (file creation)
                 syncs.append(time.perf_counter() - started)
     finally:
+        stock.close()
         vllm.close()
     rate = {side: statistics.median(r["generated_tokens"] / r["seconds"] for r in rs) for side, rs in runs.items()}
     return {"model": name, "parameters": parameters, "shape": shape, "engine_startup_s": startup,
             "tokens_per_s": rate, "vllm_over_hf": rate["vllm"] / rate["hf"],
+            "stock_vllm_over_hf": rate["vllm_stock"] / rate["hf"],
             "weight_sync_s": statistics.median(syncs), "weight_sync_runs": syncs,
             "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()), "runs": runs}
 
 
+def _stock_engine(model_dir: str, batch: int, max_len: int):
+    """vLLM as it comes (prepacked CPU GEMMs, no agentrl extension): the same settings otherwise.
+    Its weights cannot be updated (agentrl/generation/vllm_worker.py); it is here for its speed."""
+    from vllm import LLM
+
+    return LLM(model=model_dir, tokenizer=model_dir, dtype="float32", max_model_len=max_len, max_num_seqs=batch,
+               enforce_eager=True, kv_cache_memory_bytes=2**30, logprobs_mode="processed_logprobs",
+               max_logprobs=64, enable_chunked_prefill=False, seed=0)
+
+
 def table(result: dict) -> str:
-    rows = ["| model | parameters | HF tokens/s | vLLM tokens/s | vLLM / HF | weight sync (s) | engine start (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| model | parameters | HF tokens/s | vLLM tokens/s | vLLM / HF | stock vLLM tokens/s | stock vLLM / HF "
+            "| weight sync (s) | engine start (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["results"]:
-        rows.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f}M | {r['tokens_per_s']['hf']:.0f} | "
-                    f"{r['tokens_per_s']['vllm']:.0f} | {r['vllm_over_hf']:.2f}x | {r['weight_sync_s']:.3f} | "
-                    f"{r['engine_startup_s']:.0f} |")
+        rate = r["tokens_per_s"]
+        rows.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f}M | {rate['hf']:.0f} | {rate['vllm']:.0f} | "
+                    f"{r['vllm_over_hf']:.2f}x | {rate['vllm_stock']:.0f} | {r['stock_vllm_over_hf']:.2f}x | "
+                    f"{r['weight_sync_s']:.3f} | {r['engine_startup_s']:.0f} |")
     return "\n".join(rows)
 
 
