@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +56,9 @@ def eval_policy(config: Config, model_dir: Path | None, tokenizer_dir: Path | No
 def adapted_model(checkpoint: Path, *, dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, Any]:
     """(model, tokenizer) of a checkpoint holding a LoRA adapter: the base model recorded in its
     adapter_config.json with the adapter merged into the weights (the same outputs as base +
-    adapter, and a plain model that any generator takes). Raises FileNotFoundError, naming the
-    way out, when that base is no longer there (a moved or deleted run directory)."""
-    base = json.loads((checkpoint / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not base or not (Path(base) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the LoRA adapter in {checkpoint} was trained on {base}, where no model is (config.json is "
-            f"missing); merge it into its base model and evaluate the result: python -m agentrl.models.lora "
-            f"merge {checkpoint} MERGED --base BASE_MODEL_DIR, then agentrl eval ... --model MERGED")
-    model, tokenizer = load_adapter_checkpoint(checkpoint, base=Path(base), dtype=dtype, device=device)
+    adapter, and a plain model that any generator takes). A base that is gone is a
+    FileNotFoundError naming the merge command."""
+    model, tokenizer = load_adapter_checkpoint(checkpoint, dtype=dtype, device=device)
     return model.merge_and_unload().eval(), tokenizer
 
 

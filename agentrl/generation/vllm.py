@@ -225,27 +225,20 @@ class VLLMGenerator:
                           stop_string=stop_string, top_logprobs=top)
 
 
-def _inference_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Plain Hugging Face weights of `model`: wrapper removed, LoRA adapters merged."""
-    from agentrl.models.lora import inference_state_dict
-
-    return inference_state_dict(model)
-
-
 def _save_for_vllm(model: torch.nn.Module, tokenizer: Any, directory: str, *, merge: bool = True) -> torch.nn.Module:
     """Write `model` (unwrapped; adapters merged, or left out with `merge=False`) and `tokenizer`
     to `directory` in Hugging Face format; returns the plain transformers model whose config was
     written."""
-    from agentrl.models.lora import adapters_disabled, is_peft_model, unwrap_model
+    from agentrl.models.lora import adapters_disabled, inference_state_dict, is_peft_model, unwrap_model
 
     hf_model = unwrap_model(model)
     if is_peft_model(hf_model):
         hf_model = hf_model.get_base_model()
     if merge:
-        weights = _inference_state_dict(model)
+        weights = inference_state_dict(model)
     else:
         with adapters_disabled(model):  # the base weights alone
-            weights = _inference_state_dict(model)
+            weights = inference_state_dict(model)
     hf_model.save_pretrained(directory, state_dict=weights)
     tokenizer.save_pretrained(directory)
     # vLLM reads generation_config.json for extra EOS ids; save_pretrained wrote it when known.

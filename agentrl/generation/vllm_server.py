@@ -79,7 +79,6 @@ class VLLMServer:
         self.startup_timeout = startup_timeout
         self.env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
         self.process: subprocess.Popen[str] | None = None
-        self._log = deque(maxlen=40)
         self._log_file: Any = None
 
     def start(self) -> VLLMServer:

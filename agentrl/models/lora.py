@@ -256,9 +256,11 @@ def load_adapter_checkpoint(checkpoint: Path, *, base: Path | None = None, dtype
     if not settings_file.is_file():
         raise FileNotFoundError(f"{checkpoint} holds no adapter ({ADAPTER_CONFIG} is missing)")
     base = Path(base or json.loads(settings_file.read_text())["base_model_name_or_path"])
-    if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"no base model at {base} (config.json is missing); pass the model the "
-                                "adapter was trained on")
+    if not (base / "config.json").is_file():  # (a moved or deleted run directory)
+        raise FileNotFoundError(
+            f"the LoRA adapter in {checkpoint} was trained on {base}, where no model is (config.json is "
+            f"missing); merge it into its base model and use the result: python -m agentrl.models.lora "
+            f"merge {checkpoint} MERGED --base BASE_MODEL_DIR")
     peft = _peft()
     with _renamed_question_unwarned():
         model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), checkpoint)
