@@ -7,31 +7,18 @@
 # installed first and pinned (a plain `torch` requirement would pull the CUDA build), then
 # TRL at a fixed release, then agentrl itself without its dependencies (the TRL side imports
 # agentrl only to build the same prompts and rewards; it never trains with it).
-# Idempotent: a venv whose marker file is newer than this script is left alone.
+# Idempotent: a venv whose marker file is newer than this script and pyproject.toml is left
+# alone (scripts/_side_venv.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
 VENV=".venv-trl"
-TORCH_PIN="torch==2.13.0"
 TRL_PIN="trl==1.16.0"
-MARKER="$VENV/.installed"
-
-log() { echo "[setup_trl] $*"; }
-
-if [ -f "$MARKER" ] && [ "$MARKER" -nt "$0" ]; then
-  log "$VENV is up to date"
-  exit 0
-fi
-
-log "creating $VENV"
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --upgrade pip
-log "installing $TORCH_PIN (CPU build)"
-"$VENV/bin/pip" install --quiet "$TORCH_PIN"
+source scripts/_side_venv.sh
+side_venv_begin setup_trl "$0"
 log "installing $TRL_PIN"
 "$VENV/bin/pip" install --quiet "$TORCH_PIN" "$TRL_PIN" jmespath  # jmespath: TRL parses tool calls with it
 log "installing agentrl (no dependencies)"
 "$VENV/bin/pip" install --quiet --no-deps -e .
 "$VENV/bin/python" -c "import torch, transformers, trl; print('[setup_trl] torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
-touch "$MARKER"
+side_venv_end

