@@ -38,6 +38,20 @@ fi
 if docker info >/dev/null 2>&1; then
   log "docker daemon already running"
 else
+  # A machine restored from a snapshot (or a daemon killed hard) leaves its pid files behind.
+  # dockerd refuses to start while the pid written there is alive, and after the pid counter
+  # wraps that pid can belong to any other process. Remove a pid file whose process is not
+  # the daemon it names.
+  for pidfile in /var/run/docker.pid /run/docker/containerd/containerd.pid; do
+    if [ -f "$pidfile" ]; then
+      pid="$(cat "$pidfile" 2>/dev/null || true)"
+      comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+      case "$comm" in
+        dockerd|containerd) ;;
+        *) log "removing stale $pidfile (pid ${pid:-?} is ${comm:-not running})"; $SUDO rm -f "$pidfile" ;;
+      esac
+    fi
+  done
   log "starting dockerd in the background (log: /var/log/dockerd.log)"
   $SUDO sh -c 'nohup dockerd > /var/log/dockerd.log 2>&1 &'
   for _ in $(seq 1 60); do
