@@ -58,7 +58,11 @@ else
     if docker info >/dev/null 2>&1; then break; fi
     sleep 1
   done
-  docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; exit 1; }
+  if ! docker info >/dev/null 2>&1; then
+    log "dockerd did not start; the end of /var/log/dockerd.log:"
+    tail -n 5 /var/log/dockerd.log 2>/dev/null || true
+    exit 1
+  fi
 fi
 
 # 3. dedicated sandbox user -------------------------------------------------------------------
