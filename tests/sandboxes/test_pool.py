@@ -35,6 +35,14 @@ def test_checkout_runs_and_recycles(pool):
     assert stats["sandbox/latency_p50_ms"] > 0
 
 
+def _wait_until(condition, what: str, limit: float = 60.0) -> None:
+    """Poll `condition` (a state change, not a speed: the limit only stops a hung test)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting until {what}"
+        time.sleep(0.01)
+
+
 def test_concurrency_is_bounded_and_fair(pool):
     held = [pool.acquire(), pool.acquire()]
     order: list[int] = []
@@ -48,15 +56,17 @@ def test_concurrency_is_bounded_and_fair(pool):
         thread = threading.Thread(target=waiter, args=(i,))
         thread.start()
         threads.append(thread)
-        time.sleep(0.2)  # queue them in a known order
+        # Queue them in a known order: the next one starts once this one waits in the pool.
+        _wait_until(lambda: pool.stats()["sandbox/pool_waiting"] == i + 1, f"waiter {i} queues")
     with pytest.raises(TimeoutError):
         pool.acquire(timeout=0.2)
     assert order == []
-    for sandbox in held:
-        pool.release(sandbox)
+    # One sandbox back: the waiters pass it on one after the other, first come first served.
+    pool.release(held[0])
     for thread in threads:
         thread.join(60)
     assert order == [0, 1, 2]
+    pool.release(held[1])
 
 
 def test_crashed_sandbox_is_replaced(pool):
