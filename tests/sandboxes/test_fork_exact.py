@@ -282,11 +282,28 @@ def test_fork_of_a_sandbox_whose_interpreter_died_raises_one_clear_error(sandbox
         assert child.fork_exact and child.run("print('x' in globals())").stdout == "False\n"
     # Dying unnoticed (no ping in between) is the error case.
     sandbox.run("import os, threading\ny = 2\nthreading.Timer(0.2, os._exit, (3,)).start()")
-    time.sleep(1.0)
+    _wait_until_the_interpreter_exits(sandbox)
     died = "cannot fork this .* sandbox: its interpreter exited .* after its last call"
     with pytest.raises(SandboxError, match=died):
         sandbox.fork()
     assert sandbox.run("print('y' in globals())").stdout == "False\n"  # a fresh interpreter
+
+
+def _wait_until_the_interpreter_exits(sandbox, limit: float = 60.0) -> None:
+    """Watch the interpreter's process (bwrap) or container (docker) from the host, without a
+    call or a ping that would tell the sandbox about the death."""
+    def exited() -> bool:
+        process = getattr(sandbox, "_process", None)
+        if process is not None:
+            return process.poll() is not None
+        container = sandbox._container
+        container.reload()
+        return container.status != "running"
+
+    deadline = time.monotonic() + limit
+    while not exited():
+        assert time.monotonic() < deadline, "the interpreter did not exit"
+        time.sleep(0.05)
 
 
 def test_forks_copy_into_warm_pool_sandboxes(backend):
