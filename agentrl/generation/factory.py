@@ -93,9 +93,23 @@ def _vllm(settings: VLLMGenerationConfig, model, tokenizer, *, max_batch_size: i
             "environment, or set generation=hf") from None
     from agentrl.generation.vllm import VLLMGenerator
 
+    length = settings.max_model_len or max_model_len
+    _check_model_len(model, length, "generation.max_model_len" if settings.max_model_len
+                     else "rollout.max_total_tokens")
     return VLLMGenerator.from_config(settings, model, tokenizer, max_batch_size=max_batch_size,
-                                     max_model_len=settings.max_model_len or max_model_len,
-                                     autocast=autocast)
+                                     max_model_len=length, autocast=autocast)
+
+
+def _check_model_len(model: torch.nn.Module, length: int, setting: str) -> None:
+    """vLLM refuses a max_model_len beyond the model's positions (in a long validation error,
+    after the checkpoint was written): say it in one line first."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and length > positions:
+        raise ConfigError(
+            f"{setting}={length} is longer than the model's max_position_embeddings={positions}, "
+            f"which vLLM refuses; set rollout.max_total_tokens (or generation.max_model_len) to at most "
+            f"{positions}")
 
 
 def _openai(settings: OpenAIGenerationConfig, model, tokenizer, *, max_batch_size: int,

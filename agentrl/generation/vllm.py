@@ -22,16 +22,18 @@ How the `Generator` contract (agentrl/generation/base.py) maps onto vLLM:
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from agentrl.config import ConfigError, VLLMGenerationConfig
 from agentrl.generation.seeding import row_seeds
-from agentrl.generation.vllm_worker import EXTENSION, LOAD_METHOD, write_weights_file
+from agentrl.generation.vllm_worker import EXTENSION, LOAD_METHOD, unshared_cpu_tensors, write_weights_file
 from agentrl.types import Completion, FinishReason, SamplingParams
 
 #: at most this many top log-probs per position can be asked for (vLLM's `max_logprobs`)
@@ -239,11 +241,17 @@ def _save_for_vllm(model: torch.nn.Module, tokenizer: Any, directory: str, *, me
     else:
         with adapters_disabled(model):  # the base weights alone
             weights = inference_state_dict(model)
-    hf_model.save_pretrained(directory, state_dict=weights)
+    # Not `hf_model.save_pretrained`: under torchrun it writes on rank 0 only, and every rank
+    # starts its own engine. The files are the ones vLLM reads: config, generation config (its
+    # extra EOS ids), the weights as one safetensors file, the tokenizer.
+    config = copy.deepcopy(hf_model.config)
+    config.architectures = [type(hf_model).__name__]
+    config.save_pretrained(directory)
+    if getattr(hf_model, "generation_config", None) is not None:
+        hf_model.generation_config.save_pretrained(directory)
+    save_file(unshared_cpu_tensors(weights), os.path.join(directory, "model.safetensors"),
+              metadata={"format": "pt"})
     tokenizer.save_pretrained(directory)
-    # vLLM reads generation_config.json for extra EOS ids; save_pretrained wrote it when known.
-    if not os.path.exists(os.path.join(directory, "config.json")):
-        raise RuntimeError(f"Saving the model for vLLM wrote no config.json in {directory}")
     return hf_model
 
 

@@ -55,6 +55,20 @@ except ImportError:
     pass
 
 
+def unshared_cpu_tensors(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of `weights` where needed, tied tensors cloned (safetensors
+    refuses tensors that share memory)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in weights.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        out[name] = tensor
+    return out
+
+
 def write_weights_file(model: torch.nn.Module, directory: str | os.PathLike[str]) -> tuple[str, int]:
     """Save `model`'s inference weights (wrapper removed, LoRA adapters merged) as one
     safetensors file in `directory` for `agentrl_load_weights(path=...)`; returns the file's
@@ -65,14 +79,7 @@ def write_weights_file(model: torch.nn.Module, directory: str | os.PathLike[str]
 
     from agentrl.models.lora import inference_state_dict
 
-    weights: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, tensor in inference_state_dict(model).items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        if tensor.data_ptr() in seen:  # tied weights: safetensors refuses shared memory
-            tensor = tensor.clone()
-        seen.add(tensor.data_ptr())
-        weights[name] = tensor
+    weights = unshared_cpu_tensors(inference_state_dict(model))
     path = os.path.join(os.fspath(directory), "weights.safetensors")
     save_file(weights, path + ".partial")
     os.replace(path + ".partial", path)

@@ -10,12 +10,13 @@ on the trainer's weights.
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 
-from agentrl.config import VLLMGenerationConfig, load_config
-from agentrl.generation import close_generator
+from agentrl.config import ConfigError, VLLMGenerationConfig, load_config
+from agentrl.generation import close_generator, make_generator
 from agentrl.models import load_model
 from agentrl.training import RLTrainer
 from agentrl.training.logprobs import token_logprobs
@@ -118,6 +119,16 @@ def test_stop_strings_and_length_finish_reasons(engine, prompts):
 def test_top_p_below_one_is_refused_with_the_fix(engine, prompts):
     with pytest.raises(ValueError, match="top_p=1 only .* rollout.top_p=1 or use generation.backend=hf"):
         engine.generate(prompts, SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("max_model_len, said", [(None, "rollout.max_total_tokens=1024"),
+                                                   (600, "generation.max_model_len=600")])
+def test_a_context_longer_than_the_models_positions_is_one_line(policy, max_model_len, said):
+    model, tokenizer = policy  # max_position_embeddings=512
+    settings = VLLMGenerationConfig(max_model_len=max_model_len)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(said)} is longer than the model's "
+                                          r"max_position_embeddings=512, .* at most 512$"):
+        make_generator(settings, model, tokenizer, max_batch_size=4, max_model_len=1024)
 
 
 def test_a_weight_sync_puts_the_trainers_new_weights_in_the_engine(engine, policy, prompts):
