@@ -82,3 +82,14 @@ def test_pass_k_above_samples_is_a_config_error():
     with pytest.raises(ConfigError, match=r"pass@5 \(pass_k\) needs at least 5 episodes per task, and samples=2"):
         load_config(None, ["eval.samples=2", "eval.pass_k=[1,5]"])
     assert load_config(None, ["eval.samples=5", "eval.pass_k=[1,5]"]).eval.pass_k == [1, 5]
+
+
+def test_the_run_table_shows_a_dash_where_nothing_was_measured():
+    from agentrl.training.report import comparison_table
+
+    metrics = {"success": 0.0, "succ@1": 0.0, "succ@5": 0.0, "unique_answer_ratio": float("nan"),
+               "mean_turns": 1.0, "mean_return": 0.0, "infra_errors": 0}
+    table = comparison_table({"before RL": metrics}, k=5)
+    cells = {column.header: list(column.cells)[0] for column in table.columns}
+    assert cells["unique-answer ratio"] == "-"  # no answers: not a ratio of 0, not "nan"
+    assert cells["mean turns"] == "1.000" and cells["tool calls"] == "-"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ def comparison_table(results: dict[str, dict[str, Any]], k: int) -> Table:
         row = [name]
         for key, _ in TABLE_COLUMNS:
             value = metrics.get(key if key != "succ@k" else f"succ@{k}")
-            if value is None:
-                row.append("-")
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                row.append("-")  # not measured (e.g. no answers to count unique ones among)
             else:
                 row.append(str(value) if isinstance(value, int) else f"{value:.3f}")
         table.add_row(*row)
