@@ -60,3 +60,9 @@ def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=_whole())
+
+
+def whole_tensor(value: torch.Tensor) -> torch.Tensor:
+    """`value` made whole: a result computed from sharded tensors (e.g. the gradient norm under
+    FSDP) is a DTensor; any other tensor is returned as it is."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value

@@ -45,6 +45,7 @@ from agentrl.config import Config
 from agentrl.generation import Generator, close_generator, make_generator, sync_weights
 from agentrl.models import attention_implementation, autocast, resolve_autocast
 from agentrl.models.lora import adapters_disabled, is_peft_model
+from agentrl.models.sharding import whole_tensor
 from agentrl.rollout import RolloutEngine, make_strategy
 from agentrl.training.batch import collate, family_micro_batches, micro_batches
 from agentrl.training.checkpoint import (
@@ -435,7 +436,7 @@ class RLTrainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 steps += 1
-                grad_norms += float(_whole(grad_norm))
+                grad_norms += float(whole_tensor(grad_norm))
         self.model.eval()
         # The diagnostics are each rank's part of a mean over every rank's sequences: they add up.
         counts = (sum(forward), len(forward), shared_tokens, forwarded_tokens)
@@ -553,11 +554,6 @@ def _trainable(group: Group) -> list[Trajectory]:
     """The group's trajectories that say something about the policy: all but those the
     infrastructure ended."""
     return [t for t in group.trajectories if not t.infra_error]
-
-
-def _whole(value: torch.Tensor) -> torch.Tensor:
-    """A tensor made whole: the grad norm of DTensor (FSDP) gradients is a DTensor."""
-    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def _mean_of_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
